@@ -1,0 +1,1 @@
+"""The console channel: `stockade chat` drives the full pipeline from a terminal."""

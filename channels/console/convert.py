@@ -1,0 +1,40 @@
+"""Pure conversion between terminal lines and envelopes."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from gateway.sanitize import sanitize
+
+from channels.base import Capabilities
+from gateway.envelope import Inbound, Outbound
+
+NAME: Final = "console"
+# A terminal has no message limit; this only bounds what one pasted line may carry.
+CAPABILITIES: Final = Capabilities(max_text=65_536)
+MAX_LINE: Final = 16_384
+
+
+def line_to_inbound(line: str, *, user: str, session: str, seq: int, now: float) -> Inbound:
+    """One typed line as an envelope; the event id is unique per session and line."""
+    text = sanitize(line.rstrip("\r\n"))[:MAX_LINE]
+    return Inbound(
+        channel=NAME,
+        event_id=f"{session}-{seq}",
+        sender_id=sanitize(user),
+        sender_name=sanitize(user),
+        conversation_id=session,
+        text=text,
+        received_at=now,
+        is_direct=True,
+    )
+
+
+def render(outbound: Outbound) -> str:
+    """A reply as terminal text: every line prefixed, so it stands apart from typing."""
+    body = outbound.text.replace("\r\n", "\n") or "(empty reply)"
+    return "\n".join(f"« {line}" for line in body.split("\n"))
+
+
+def is_for(outbound: Outbound, session: str) -> bool:
+    return outbound.conversation_id == session

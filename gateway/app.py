@@ -1,0 +1,172 @@
+"""Runs Stockade's roles: all of them in one process (`up`), one alone (`run`), or a chat."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import logging
+import os
+import secrets
+import signal
+import socket
+from collections.abc import AsyncIterator
+from typing import Final
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway import embedded_redis
+from gateway.bus import Bus, out_stream
+from gateway.commands import default_registry
+from gateway.errors import DependencyError, RedisUnavailable
+from gateway.policy import Identities
+from gateway.roles import ROLES
+from gateway.router import Router
+from gateway.settings import Settings
+
+log = logging.getLogger("stockade")
+
+
+def redacted(url: str) -> str:
+    """A Redis URL fit for a log line: any password is replaced."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+def consumer_name(role: str) -> str:
+    """Unique per process, so a restarted process never impersonates a dead one's pending work."""
+    return f"{role}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+async def _ping(client: aioredis.Redis, where: str) -> None:
+    try:
+        await client.ping()
+    except (RedisConnectionError, RedisTimeoutError, OSError):
+        raise RedisUnavailable(f"Redis at {where} did not answer") from None
+
+
+@contextlib.asynccontextmanager
+async def redis_client(
+    settings: Settings, *, start_embedded: bool
+) -> AsyncIterator[aioredis.Redis]:
+    """A client for the configured Redis, or for the private one in the data directory.
+
+    With `start_embedded`, the private server is started for the block (as `up` does);
+    otherwise it must already be running.
+    """
+    if settings.redis.url is not None:
+        client = aioredis.Redis.from_url(settings.redis.url)
+        try:
+            await _ping(client, redacted(settings.redis.url))
+            yield client
+        finally:
+            await client.aclose()
+        return
+    data_dir = settings.data_dir / "redis"
+    if start_embedded:
+        async with embedded_redis.embedded_redis(data_dir) as url:
+            log.info("started a private redis-server in %s", data_dir)
+            client = aioredis.Redis.from_url(url)
+            try:
+                yield client
+            finally:
+                await client.aclose()
+        return
+    sock = embedded_redis.socket_path(data_dir)
+    if not sock.exists():
+        raise DependencyError(
+            f"no running Stockade found (no socket at {sock}); start it with `stockade up`"
+        )
+    client = aioredis.Redis.from_url(f"unix://{sock}")
+    try:
+        await _ping(client, str(sock))
+        yield client
+    finally:
+        await client.aclose()
+
+
+def _router(client: aioredis.Redis, settings: Settings) -> Router:
+    bus = Bus(client, settings.bus)
+    return Router(bus, Identities(client), default_registry(settings.router.command_prefix))
+
+
+async def _until_signalled(*tasks: asyncio.Task[None]) -> None:
+    """Wait for SIGINT/SIGTERM (or a task ending), then cancel everything cleanly."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        done, _ = await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stopper and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        for task in (stopper, *tasks):
+            task.cancel()
+        await asyncio.gather(stopper, *tasks, return_exceptions=True)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+async def up(settings: Settings) -> None:
+    """Every role in this process, on the private Redis unless one is configured."""
+    async with redis_client(settings, start_embedded=True) as client:
+        router = _router(client, settings)
+        tasks = [asyncio.create_task(router.run(consumer_name("router")), name="router")]
+        log.info("Stockade is up; talk to it with `stockade chat`")
+        await _until_signalled(*tasks)
+        log.info("Stockade stopped")
+
+
+async def run_role(settings: Settings, role: str) -> None:
+    """One role alone, against a Redis that is already running."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
+    async with redis_client(settings, start_embedded=False) as client:
+        router = _router(client, settings)
+        task = asyncio.create_task(router.run(consumer_name(role)), name=role)
+        await _until_signalled(task)
+
+
+_AFTER_INPUT_S: Final = 30.0
+
+
+async def chat(settings: Settings, user: str | None = None) -> None:
+    """Talk to a running Stockade from this terminal until input ends."""
+    from channels._shared import run_channel
+    from channels.console.adapter import terminal_channel
+
+    session = f"c{secrets.token_hex(6)}"
+    channel = terminal_channel(user or getpass.getuser(), session)
+    async with redis_client(settings, start_embedded=False) as client:
+        bus = Bus(client, settings.bus)
+        # A group of its own, starting now: this terminal sees only replies sent from here on.
+        group = f"console:{session}"
+        await bus.ensure_group(out_stream(channel.name), group, start="$")
+        runner = asyncio.create_task(run_channel(channel, bus, session, group=group))
+        try:
+            ended = asyncio.create_task(channel.input_ended.wait())
+            await asyncio.wait({runner, ended}, return_when=asyncio.FIRST_COMPLETED)
+            if not runner.done():
+                finished = asyncio.create_task(channel.done.wait())
+                await asyncio.wait({runner, finished}, timeout=_AFTER_INPUT_S)
+                if not channel.done.is_set() and not runner.done():
+                    log.warning(
+                        "input ended; gave up waiting for replies after %.0f s", _AFTER_INPUT_S
+                    )
+                finished.cancel()
+            ended.cancel()
+            if runner.done():
+                runner.result()
+        finally:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+            await bus.drop_group(out_stream(channel.name), group)

@@ -1,0 +1,29 @@
+"""The commands everyone has: /help and /whoami."""
+
+from __future__ import annotations
+
+from gateway.commands._registry import Command, CommandContext, Registry
+from gateway.errors import CommandError
+
+
+async def _help(context: CommandContext, args: tuple[str, ...]) -> str:
+    if args:
+        raise CommandError("/help takes no arguments.", "help")
+    return context.registry.help_text(admin=False)
+
+
+async def _whoami(context: CommandContext, args: tuple[str, ...]) -> str:
+    if args:
+        raise CommandError("/whoami takes no arguments.", "whoami")
+    inbound = context.inbound
+    name = f" ({inbound.sender_name})" if inbound.sender_name else ""
+    return (
+        f"You are {context.user_id}: {inbound.sender_id}{name} on {inbound.channel}.\nRole: user."
+    )
+
+
+def default_registry(prefix: str = "/") -> Registry:
+    registry = Registry(prefix)
+    registry.add(Command("help", "list the commands", "help", _help))
+    registry.add(Command("whoami", "show who Stockade thinks you are", "whoami", _whoami))
+    return registry

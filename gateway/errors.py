@@ -1,0 +1,66 @@
+"""The one error tree of the Stockade core; retryability is part of the type.
+
+    StockadeError
+    ├── ConfigError            a settings file or override is wrong (exit status 2)
+    ├── EnvelopeError          a stream entry is not a valid envelope (never retried)
+    ├── DependencyError        a service we need is missing or unreachable
+    │   ├── RedisUnavailable   Redis did not answer                       (retryable)
+    │   └── BinaryMissing      an executable is not installed; names the package
+    └── CommandError           a chat command was malformed; carries its usage line
+
+`retryable` says whether doing the same thing again later may succeed.
+"""
+
+from __future__ import annotations
+
+
+class StockadeError(Exception):
+    """Base of every error Stockade raises on purpose."""
+
+    retryable: bool = False
+
+
+class ConfigError(StockadeError):
+    """A configuration file or environment override is invalid.
+
+    `str()` is one line naming the file, the key and the problem.
+    """
+
+    def __init__(self, source: str, key: str, problem: str) -> None:
+        self.source = source
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{source}: {key}: {problem}")
+
+
+class EnvelopeError(StockadeError):
+    """Stream fields that do not decode to an envelope: a poison entry."""
+
+
+class DependencyError(StockadeError):
+    """A service or program Stockade needs is not there."""
+
+
+class RedisUnavailable(DependencyError):
+    """Redis did not answer; the same call may work once it is back."""
+
+    retryable = True
+
+
+class BinaryMissing(DependencyError):
+    """An executable is not on PATH; the message names the package to install."""
+
+    def __init__(self, binary: str, package: str) -> None:
+        self.binary = binary
+        self.package = package
+        super().__init__(
+            f"{binary} was not found on PATH; install it with: apt-get install {package}"
+        )
+
+
+class CommandError(StockadeError):
+    """A chat command with bad arguments; `usage` is the line to show the user."""
+
+    def __init__(self, message: str, usage: str) -> None:
+        self.usage = usage
+        super().__init__(message)

@@ -1,0 +1,50 @@
+"""Internal user ids: one per person, looked up from (channel, platform user id).
+
+The mapping lives in one Redis hash so every router agrees on it. A new sender
+gets a fresh random id; operators may later point several platform identities
+at the same id to link one person across channels.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Final
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.errors import RedisUnavailable
+
+IDENTITY_KEY: Final = "stockade:identity"
+_ID_BYTES: Final = 8
+
+
+def identity_field(channel: str, platform_user: str) -> str:
+    """The hash field for one platform identity; the channel name contains no ':'."""
+    return f"{channel}:{platform_user}"
+
+
+def new_user_id() -> str:
+    return "u" + secrets.token_hex(_ID_BYTES)
+
+
+class Identities:
+    """Resolves platform identities to internal user ids, creating them on first contact."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+
+    async def resolve(self, channel: str, platform_user: str) -> str:
+        field = identity_field(channel, platform_user)
+        try:
+            existing = await self._client.hget(IDENTITY_KEY, field)
+            if existing is None:
+                # HSETNX makes two routers racing on a first message agree on one id.
+                await self._client.hsetnx(IDENTITY_KEY, field, new_user_id())
+                existing = await self._client.hget(IDENTITY_KEY, field)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise RedisUnavailable(f"identity lookup failed: {type(exc).__name__}") from None
+        if existing is None:
+            raise RedisUnavailable("identity vanished right after it was written")
+        return existing.decode() if isinstance(existing, bytes) else str(existing)

@@ -1,0 +1,5 @@
+"""The names of the roles that can run apart (`stockade run ROLE`)."""
+
+from typing import Final
+
+ROLES: Final = ("router",)

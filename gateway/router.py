@@ -1,0 +1,70 @@
+"""The router: Inbound → internal user → a command answered in the core, or the user's agent.
+
+It consumes `stockade:in` in a consumer group, so several routers can share the
+load. Each decision is handed on with the inbound entry's ack in one Redis
+transaction, so a crash never runs a message twice or loses it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Final
+
+from gateway.bus import IN_STREAM, Bus, Delivery, agent_stream, out_stream
+from gateway.commands import CommandContext, Registry
+from gateway.envelope import Envelope, Inbound, Outbound
+from gateway.errors import EnvelopeError
+from gateway.policy import Identities
+
+ROUTER_GROUP: Final = "router"
+QUEUED_NOTICE: Final = (
+    "Your message is queued for your agent. Sandboxed agents are not running yet, "
+    "so it will be answered once they are."
+)
+
+log = logging.getLogger("stockade.router")
+
+
+def reply_to(inbound: Inbound, text: str, suffix: str) -> Outbound:
+    """An answer in the conversation the message came from, keyed for idempotent sends."""
+    return Outbound(
+        channel=inbound.channel,
+        conversation_id=inbound.conversation_id,
+        text=text,
+        outbound_id=f"{inbound.dedupe_key}:{suffix}",
+        reply_to=inbound.event_id,
+        thread_id=inbound.thread_id,
+        user_id=inbound.user_id,
+    )
+
+
+class Router:
+    def __init__(self, bus: Bus, identities: Identities, commands: Registry) -> None:
+        self._bus = bus
+        self._identities = identities
+        self._commands = commands
+
+    async def handle(self, delivery: Delivery) -> None:
+        inbound = delivery.envelope
+        if not isinstance(inbound, Inbound):
+            raise EnvelopeError("the inbound stream carried an outbound envelope")
+        user_id = await self._identities.resolve(inbound.channel, inbound.sender_id)
+        inbound = dataclasses.replace(inbound, user_id=user_id)
+        invocation = self._commands.parse(inbound.text)
+        targets: list[tuple[str, Envelope]]
+        if invocation is not None:
+            context = CommandContext(inbound=inbound, user_id=user_id, registry=self._commands)
+            answer = await self._commands.run(invocation, context)
+            targets = [(out_stream(inbound.channel), reply_to(inbound, answer, "cmd"))]
+            log.info("command /%s from %s", invocation.name, user_id)
+        else:
+            targets = [
+                (agent_stream(user_id), inbound),
+                (out_stream(inbound.channel), reply_to(inbound, QUEUED_NOTICE, "queued")),
+            ]
+        await self._bus.forward_many(delivery, targets)
+
+    async def run(self, consumer: str) -> None:
+        """Route until cancelled."""
+        await self._bus.consume(IN_STREAM, ROUTER_GROUP, consumer, self.handle)

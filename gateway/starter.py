@@ -1,0 +1,84 @@
+"""The commented starter settings file that `stockade init` writes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Final
+
+STARTER: Final = """\
+# Stockade settings. Every key is optional; the values shown are the defaults.
+# Any key can be overridden from the environment: STOCKADE_<SECTION>__<KEY>,
+# e.g. STOCKADE_REDIS__URL or STOCKADE_CHANNELS__TELEGRAM__ENABLED=true.
+# Secrets belong in the environment or the vault, not in this file.
+
+# Where Stockade keeps its state (the private Redis, later agent data).
+# data_dir = "~/.local/share/stockade"
+
+[redis]
+# Leave unset to run a private redis-server (unix socket, append-only file)
+# inside data_dir. Set it to use your own: "redis://host:6379/0" or "unix:///path".
+# url = "redis://127.0.0.1:6379/0"
+
+[bus]
+# Deliveries without an acknowledgement before an entry goes to the dead letters.
+max_deliveries = 5
+# Pending entries idle this long are taken over from a crashed worker. Keep it
+# above the slowest legitimate handler, or two workers run the same message.
+claim_idle_ms = 30000
+# How long a platform event id is remembered to drop redeliveries (seconds).
+dedupe_ttl_s = 604800
+# Approximate length cap per stream; trimming can drop unacknowledged entries.
+stream_maxlen = 1000000
+# Entries read per round trip, and how long a read waits for new ones.
+batch = 100
+block_ms = 1000
+
+[router]
+# Messages starting with this are commands (/help, /whoami).
+command_prefix = "/"
+
+[channels.console]
+# `stockade chat` talks to the gateway from a terminal.
+enabled = true
+
+[channels.telegram]
+enabled = false
+# token: set STOCKADE_CHANNELS__TELEGRAM__TOKEN
+
+[channels.discord]
+enabled = false
+# token: set STOCKADE_CHANNELS__DISCORD__TOKEN
+
+[channels.slack]
+enabled = false
+# "socket" (Socket Mode, needs app_token) or "http" (Events API, needs signing_secret)
+mode = "socket"
+# bot_token, app_token, signing_secret: set STOCKADE_CHANNELS__SLACK__<KEY>
+
+[channels.matrix]
+enabled = false
+# homeserver = "https://matrix.example.org"
+# user_id = "@stockade:example.org"
+# access_token or password: set STOCKADE_CHANNELS__MATRIX__<KEY>
+
+[channels.whatsapp]
+enabled = false
+# account_sid = "AC..."
+# from_number = "whatsapp:+14155550100"
+# The URL Twilio calls, as seen from outside any reverse proxy.
+# public_url = "https://bot.example.org/whatsapp"
+# auth_token: set STOCKADE_CHANNELS__WHATSAPP__AUTH_TOKEN
+"""
+
+
+def write_starter(path: Path, *, force: bool = False) -> None:
+    """Write the starter file; refuse to overwrite unless `force`."""
+    if path.exists() and not force:
+        from gateway.errors import ConfigError
+
+        raise ConfigError(str(path), "-", "already exists; use --force to overwrite")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(STARTER)

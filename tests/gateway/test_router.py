@@ -1,0 +1,104 @@
+"""The router on a real Redis: commands answered in the core, the rest queued per user."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+
+from gateway.bus import IN_STREAM, Bus, agent_stream, dead_letter_stream, out_stream
+from gateway.commands import default_registry
+from gateway.envelope import Inbound, Outbound, decode_inbound, decode_outbound, encode
+from gateway.policy import Identities
+from gateway.router import ROUTER_GROUP, Router
+from gateway.settings import BusSettings
+
+SETTINGS = BusSettings(claim_idle_ms=100, max_deliveries=2, block_ms=50)
+
+
+def message(text: str, event_id: str, sender: str = "7", channel: str = "telegram") -> Inbound:
+    return Inbound(
+        channel=channel,
+        event_id=event_id,
+        sender_id=sender,
+        conversation_id=f"chat-{sender}",
+        text=text,
+        received_at=1.0,
+        thread_id="t1",
+    )
+
+
+async def route_all(client: aioredis.Redis, expected_out: int) -> None:
+    bus = Bus(client, SETTINGS)
+    router = Router(bus, Identities(client), default_registry())
+    task = asyncio.create_task(router.run("r1"))
+    try:
+        async with asyncio.timeout(10):
+            while await client.xlen(out_stream("telegram")) < expected_out:
+                await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_command_is_answered_and_never_reaches_an_agent(redis: aioredis.Redis) -> None:
+    bus = Bus(redis, SETTINGS)
+    await bus.publish(IN_STREAM, message("/help", "1"), dedupe="telegram:1")
+    await route_all(redis, 1)
+    [(_, fields)] = await redis.xrange(out_stream("telegram"))
+    reply = decode_outbound(fields)
+    assert "Commands:" in reply.text
+    assert reply.conversation_id == "chat-7"
+    assert reply.reply_to == "1" and reply.thread_id == "t1"
+    assert reply.outbound_id == "telegram:1:cmd"
+    assert [key async for key in redis.scan_iter(match="stockade:agent:*")] == []
+    pending = await redis.xpending(IN_STREAM, ROUTER_GROUP)
+    assert pending["pending"] == 0
+
+
+async def test_messages_are_queued_in_order_on_the_senders_own_stream(
+    redis: aioredis.Redis,
+) -> None:
+    bus = Bus(redis, SETTINGS)
+    for n in range(5):
+        await bus.publish(IN_STREAM, message(f"m{n}", str(n)), dedupe=f"telegram:{n}")
+    await bus.publish(IN_STREAM, message("other", "9", sender="8"), dedupe="telegram:9")
+    await route_all(redis, 6)
+
+    ada = await Identities(redis).resolve("telegram", "7")
+    bob = await Identities(redis).resolve("telegram", "8")
+    assert ada != bob
+    queued = [decode_inbound(f) for _, f in await redis.xrange(agent_stream(ada))]
+    assert [m.text for m in queued] == [f"m{n}" for n in range(5)]
+    assert {m.user_id for m in queued} == {ada}
+    assert [decode_inbound(f).text for _, f in await redis.xrange(agent_stream(bob))] == ["other"]
+    notices = [decode_outbound(f) for _, f in await redis.xrange(out_stream("telegram"))]
+    assert all("queued" in n.text for n in notices)
+
+
+async def test_the_same_person_on_another_channel_is_another_user_until_linked(
+    redis: aioredis.Redis,
+) -> None:
+    identities = Identities(redis)
+    first = await identities.resolve("telegram", "7")
+    assert await identities.resolve("telegram", "7") == first
+    assert await identities.resolve("slack", "7") != first
+
+
+async def test_an_outbound_envelope_on_the_inbound_stream_is_dead_lettered(
+    redis: aioredis.Redis,
+) -> None:
+    bus = Bus(redis, SETTINGS)
+    stray = Outbound(channel="telegram", conversation_id="1", text="x", outbound_id="o1")
+    await redis.xadd(IN_STREAM, encode(stray))  # type: ignore[arg-type]
+    await bus.publish(IN_STREAM, message("/whoami", "2"), dedupe="telegram:2")
+    await route_all(redis, 1)
+    async with asyncio.timeout(10):
+        while not await redis.xlen(dead_letter_stream(IN_STREAM)):
+            router = Router(bus, Identities(redis), default_registry())
+            task = asyncio.create_task(router.run("r2"))
+            await asyncio.sleep(0.3)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    [letter] = await bus.dead_letters(IN_STREAM)
+    assert "outbound" in letter.reason
