@@ -59,6 +59,21 @@ class BusSettings(_Part):
     block_ms: int = Field(default=1_000, ge=1, le=60_000)
 
 
+class DockerSettings(_Part):
+    url: str | None = None
+    """Docker Engine API, e.g. "unix:///var/run/docker.sock"; unset uses DOCKER_HOST or the default."""
+
+
+class ImageSettings(_Part):
+    name: str = "stockade-agent"
+    """Repository name of the agent image; the tag is a hash of what goes into it."""
+    base_image: str | None = None
+    """A registry image with python3 to build on. Unset builds an offline Debian base."""
+    debian_suite: str = "bookworm"
+    debian_mirror: str | None = None
+    """Mirror for the offline base; unset takes the one apt uses on this machine."""
+
+
 class RouterSettings(_Part):
     command_prefix: str = Field(default="/", min_length=1, max_length=2)
 
@@ -178,6 +193,8 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     bus: BusSettings = BusSettings()
     router: RouterSettings = RouterSettings()
+    docker: DockerSettings = DockerSettings()
+    image: ImageSettings = ImageSettings()
     channels: ChannelsSettings = ChannelsSettings()
 
     @field_validator("data_dir")

@@ -38,6 +38,20 @@ block_ms = 1000
 # Messages starting with this are commands (/help, /whoami).
 command_prefix = "/"
 
+[docker]
+# The Docker Engine that runs the agents. Unset: $DOCKER_HOST, else the local socket.
+# url = "unix:///var/run/docker.sock"
+
+[image]
+# The agent image: Python and Stockade's agent runtime, nothing else.
+name = "stockade-agent"
+# With no registry, Stockade builds its own Debian base with debootstrap (about a
+# minute, once). With a registry, name a base image that has python3 instead:
+# base_image = "python:3.11-slim-bookworm"
+debian_suite = "bookworm"
+# Unset: the mirror apt uses on this machine.
+# debian_mirror = "http://mirror.example.org/debian"
+
 [channels.console]
 # `stockade chat` talks to the gateway from a terminal.
 enabled = true
