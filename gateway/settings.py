@@ -74,6 +74,29 @@ class ImageSettings(_Part):
     """Mirror for the offline base; unset takes the one apt uses on this machine."""
 
 
+class ModelSettings(_Part):
+    """The model agents call through the mesh (the vault and budgets take over the key later)."""
+
+    name: str = "openai/gpt-4o-mini"
+    """A LiteLLM model string, "<provider>/<model>"."""
+    api_base: str | None = None
+    """Provider endpoint; unset uses LiteLLM's default for the provider."""
+    api_key: SecretStr | None = None
+    max_tokens: int = Field(default=1024, ge=1, le=200_000)
+    """Upper bound on completion tokens per call; an agent may ask for fewer, never more."""
+    timeout_s: float = Field(default=60.0, gt=0, le=600)
+
+
+class MeshSettings(_Part):
+    """The agent-facing server: one unix socket per agent, the agent's only door."""
+
+    max_request_bytes: int = Field(default=1_000_000, ge=1_024)
+    max_reply_chars: int = Field(default=20_000, ge=100)
+    """Longest reply an agent may send; longer replies are cut with a note."""
+    next_wait_s: float = Field(default=20.0, gt=0, le=300)
+    """How long a request for the next message waits before answering "nothing yet"."""
+
+
 class RouterSettings(_Part):
     command_prefix: str = Field(default="/", min_length=1, max_length=2)
 
@@ -195,6 +218,8 @@ class Settings(BaseSettings):
     router: RouterSettings = RouterSettings()
     docker: DockerSettings = DockerSettings()
     image: ImageSettings = ImageSettings()
+    model: ModelSettings = ModelSettings()
+    mesh: MeshSettings = MeshSettings()
     channels: ChannelsSettings = ChannelsSettings()
 
     @field_validator("data_dir")

@@ -52,6 +52,21 @@ debian_suite = "bookworm"
 # Unset: the mirror apt uses on this machine.
 # debian_mirror = "http://mirror.example.org/debian"
 
+[model]
+# The model agents talk to, as a LiteLLM model string "<provider>/<model>".
+name = "openai/gpt-4o-mini"
+# api_base = "http://127.0.0.1:8000/v1"   # for a local OpenAI-compatible server
+# api_key: set STOCKADE_MODEL__API_KEY (agents never see it)
+max_tokens = 1024
+timeout_s = 60.0
+
+[mesh]
+# Limits on what an agent may send through its one door.
+max_request_bytes = 1000000
+max_reply_chars = 20000
+# How long an agent's request for its next message waits (seconds).
+next_wait_s = 20.0
+
 [channels.console]
 # `stockade chat` talks to the gateway from a terminal.
 enabled = true
