@@ -10,8 +10,8 @@ import os
 import secrets
 import signal
 import socket
-from collections.abc import AsyncIterator
-from typing import Final
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, Final
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -21,10 +21,12 @@ from gateway import embedded_redis
 from gateway.bus import Bus, out_stream
 from gateway.commands import default_registry
 from gateway.errors import DependencyError, RedisUnavailable
+from gateway.mesh import Mesh
 from gateway.policy import Identities
 from gateway.roles import ROLES
 from gateway.router import Router
 from gateway.settings import Settings
+from gateway.supervisor import Supervisor
 
 log = logging.getLogger("stockade")
 
@@ -96,33 +98,75 @@ def _router(client: aioredis.Redis, settings: Settings) -> Router:
     return Router(bus, Identities(client), default_registry(settings.router.command_prefix))
 
 
-async def _until_signalled(*tasks: asyncio.Task[None]) -> None:
-    """Wait for SIGINT/SIGTERM (or a task ending), then cancel everything cleanly."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    stopper = asyncio.create_task(stop.wait())
+def _image_progress(line: str) -> None:
+    log.debug("image: %s", line)
+
+
+@contextlib.asynccontextmanager
+async def _agents(client: aioredis.Redis, settings: Settings) -> AsyncIterator[Supervisor]:
+    """The supervisor and the mesh on this Docker host; the agent image is built if missing."""
+    from gateway.supervisor import DockerRuntime, deployment_id, docker_client, ensure_image
+
+    docker = await asyncio.to_thread(docker_client, settings.docker)
     try:
-        done, _ = await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            if task is not stopper and not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+        log.info("checking the agent image (the first build takes about a minute)")
+        image = await ensure_image(
+            settings.image, settings.docker, settings.data_dir, _image_progress
+        )
+        log.info("agent image %s", image)
+        bus = Bus(client, settings.bus)
+        mesh = Mesh(bus, settings.model, settings.mesh, settings.data_dir / "mesh")
+        try:
+            yield Supervisor(
+                client,
+                bus,
+                DockerRuntime(docker, await deployment_id(client)),
+                mesh,
+                image,
+                settings.supervisor,
+            )
+        finally:
+            await mesh.aclose()
     finally:
-        for task in (stopper, *tasks):
-            task.cancel()
-        await asyncio.gather(stopper, *tasks, return_exceptions=True)
+        docker.close()
+
+
+async def serve(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` until it ends or SIGINT/SIGTERM cancels it, at any point of its start-up."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(main)
+    signalled = False
+
+    def stop() -> None:
+        nonlocal signalled
+        signalled = True
+        task.cancel()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop)
+    try:
+        await task
+    except asyncio.CancelledError:
+        if not signalled:
+            raise
+    finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
 
 
 async def up(settings: Settings) -> None:
     """Every role in this process, on the private Redis unless one is configured."""
-    async with redis_client(settings, start_embedded=True) as client:
-        router = _router(client, settings)
-        tasks = [asyncio.create_task(router.run(consumer_name("router")), name="router")]
-        log.info("Stockade is up; talk to it with `stockade chat`")
-        await _until_signalled(*tasks)
+    try:
+        async with (
+            redis_client(settings, start_embedded=True) as client,
+            _agents(client, settings) as supervisor,
+            asyncio.TaskGroup() as roles,
+        ):
+            router = _router(client, settings)
+            roles.create_task(router.run(consumer_name("router")), name="router")
+            roles.create_task(supervisor.run(consumer_name("agents")), name="agents")
+            log.info("Stockade is up; talk to it with `stockade chat`")
+    finally:
         log.info("Stockade stopped")
 
 
@@ -131,9 +175,11 @@ async def run_role(settings: Settings, role: str) -> None:
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
     async with redis_client(settings, start_embedded=False) as client:
-        router = _router(client, settings)
-        task = asyncio.create_task(router.run(consumer_name(role)), name=role)
-        await _until_signalled(task)
+        if role == "router":
+            await _router(client, settings).run(consumer_name(role))
+            return
+        async with _agents(client, settings) as supervisor:
+            await supervisor.run(consumer_name(role))
 
 
 _AFTER_INPUT_S: Final = 30.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--user", help="who you are in the console channel (default: login name)")
 
     commands.add_parser("config", help="check the settings and print them, secrets hidden")
+
+    image = commands.add_parser("image", help="the agent image")
+    image_commands = image.add_subparsers(dest="image_command", metavar="ACTION", required=True)
+    image_commands.add_parser("build", help="build the agent image if it is missing (idempotent)")
     return parser
 
 
@@ -52,6 +57,16 @@ def _configure_logging(verbose: bool, quiet: bool = False) -> None:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+
+
+def _progress_line(line: str) -> None:
+    """Build progress: one rolling status line on a terminal, every line otherwise."""
+    if sys.stderr.isatty():
+        width = shutil.get_terminal_size().columns - 1
+        sys.stderr.write("\r\x1b[K" + line[:width])
+    else:
+        sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -69,17 +84,28 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(settings.model_dump_json(indent=2))
         return 0
 
+    if args.command == "image":
+        from gateway.supervisor import ensure_image
+
+        tag = asyncio.run(
+            ensure_image(settings.image, settings.docker, settings.data_dir, _progress_line)
+        )
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        print(f"agent image: {tag}")
+        return 0
+
     from gateway import app
 
     if args.command == "up":
         _configure_logging(args.verbose)
-        asyncio.run(app.up(settings))
+        asyncio.run(app.serve(app.up(settings)))
     elif args.command == "run":
         _configure_logging(args.verbose)
-        asyncio.run(app.run_role(settings, args.role))
+        asyncio.run(app.serve(app.run_role(settings, args.role)))
     elif args.command == "chat":
         _configure_logging(args.verbose, quiet=True)
-        asyncio.run(app.chat(settings, args.user))
+        asyncio.run(app.serve(app.chat(settings, args.user)))
     return 0
 
 

@@ -111,7 +111,8 @@ async def embedded_redis(data_dir: Path, *, appendonly: bool = True) -> AsyncIte
         if proc.returncode is None:
             proc.terminate()
             try:
-                await asyncio.wait_for(proc.wait(), timeout=10)
+                async with asyncio.timeout(10):
+                    await proc.wait()
             except TimeoutError:
                 proc.kill()
                 await proc.wait()

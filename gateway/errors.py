@@ -3,9 +3,12 @@
     StockadeError
     ├── ConfigError            a settings file or override is wrong (exit status 2)
     ├── EnvelopeError          a stream entry is not a valid envelope (never retried)
+    ├── StaleDelivery          a bus entry was already acked or dead-lettered elsewhere
     ├── DependencyError        a service we need is missing or unreachable
     │   ├── RedisUnavailable   Redis did not answer                       (retryable)
-    │   └── BinaryMissing      an executable is not installed; names the package
+    │   ├── DockerUnavailable  the Docker engine did not answer           (retryable)
+    │   ├── BinaryMissing      an executable is not installed; names the package
+    │   └── ImageBuildError    the agent image could not be built; ends with the log's last lines
     └── CommandError           a chat command was malformed; carries its usage line
 
 `retryable` says whether doing the same thing again later may succeed.
@@ -37,6 +40,14 @@ class EnvelopeError(StockadeError):
     """Stream fields that do not decode to an envelope: a poison entry."""
 
 
+class StaleDelivery(StockadeError):
+    """A bus entry is no longer pending in its consumer group: nothing was written.
+
+    Another consumer reclaimed and finished it, or it was dead-lettered, while this
+    one was still working on it. Forwarding it now would deliver it twice.
+    """
+
+
 class DependencyError(StockadeError):
     """A service or program Stockade needs is not there."""
 
@@ -56,6 +67,25 @@ class BinaryMissing(DependencyError):
         super().__init__(
             f"{binary} was not found on PATH; install it with: apt-get install {package}"
         )
+
+
+class DockerUnavailable(DependencyError):
+    """The Docker engine did not answer; the message says how to start it or point to it."""
+
+    retryable = True
+
+
+class ImageBuildError(DependencyError):
+    """Building the agent image failed; `log_tail` holds the last lines of the build's log.
+
+    `str()` is the reason followed by those lines, ready to show without a traceback.
+    """
+
+    def __init__(self, reason: str, log_tail: tuple[str, ...] = ()) -> None:
+        self.reason = reason
+        self.log_tail = log_tail
+        lines = [reason, *(f"  | {line}" for line in log_tail)]
+        super().__init__("\n".join(lines))
 
 
 class CommandError(StockadeError):

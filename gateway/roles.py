@@ -1,5 +1,9 @@
-"""The names of the roles that can run apart (`stockade run ROLE`)."""
+"""The names of the roles that can run apart (`stockade run ROLE`).
+
+router: routes inbound messages to commands or agents (any number of them).
+agents: the supervisor and the mesh of one Docker host.
+"""
 
 from typing import Final
 
-ROLES: Final = ("router",)
+ROLES: Final = ("router", "agents")

@@ -2,7 +2,9 @@
 
 It consumes `stockade:in` in a consumer group, so several routers can share the
 load. Each decision is handed on with the inbound entry's ack in one Redis
-transaction, so a crash never runs a message twice or loses it.
+transaction, so a crash never runs a message twice or loses it. A message for an
+agent goes to the user's own stream (their order) and to the supervisor's wake
+stream, which starts the user's container if it is not running.
 """
 
 from __future__ import annotations
@@ -11,17 +13,13 @@ import dataclasses
 import logging
 from typing import Final
 
-from gateway.bus import IN_STREAM, Bus, Delivery, agent_stream, out_stream
+from gateway.bus import IN_STREAM, WAKE_STREAM, Bus, Delivery, agent_stream, out_stream
 from gateway.commands import CommandContext, Registry
 from gateway.envelope import Envelope, Inbound, Outbound
 from gateway.errors import EnvelopeError
 from gateway.policy import Identities
 
 ROUTER_GROUP: Final = "router"
-QUEUED_NOTICE: Final = (
-    "Your message is queued for your agent. Sandboxed agents are not running yet, "
-    "so it will be answered once they are."
-)
 
 log = logging.getLogger("stockade.router")
 
@@ -59,10 +57,7 @@ class Router:
             targets = [(out_stream(inbound.channel), reply_to(inbound, answer, "cmd"))]
             log.info("command /%s from %s", invocation.name, user_id)
         else:
-            targets = [
-                (agent_stream(user_id), inbound),
-                (out_stream(inbound.channel), reply_to(inbound, QUEUED_NOTICE, "queued")),
-            ]
+            targets = [(agent_stream(user_id), inbound), (WAKE_STREAM, inbound)]
         await self._bus.forward_many(delivery, targets)
 
     async def run(self, consumer: str) -> None:

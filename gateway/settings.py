@@ -61,7 +61,7 @@ class BusSettings(_Part):
 
 class DockerSettings(_Part):
     url: str | None = None
-    """Docker Engine API, e.g. "unix:///var/run/docker.sock"; unset uses DOCKER_HOST or the default."""
+    """Docker Engine API, e.g. "unix:///var/run/docker.sock"; unset: DOCKER_HOST, else default."""
 
 
 class ImageSettings(_Part):
@@ -72,6 +72,29 @@ class ImageSettings(_Part):
     debian_suite: str = "bookworm"
     debian_mirror: str | None = None
     """Mirror for the offline base; unset takes the one apt uses on this machine."""
+
+
+class AgentLimits(_Part):
+    """Resource limits of one agent container; safe defaults, overridable per user."""
+
+    memory_mb: int = Field(default=512, ge=32, le=65_536)
+    """Memory limit; swap is set equal, so the agent cannot swap past it."""
+    cpus: float = Field(default=1.0, gt=0, le=64)
+    pids: int = Field(default=128, ge=8, le=32_768)
+    tmpfs_mb: int = Field(default=64, ge=1, le=4_096)
+    """Size of the noexec /tmp; the root filesystem is read-only."""
+
+
+class SupervisorSettings(_Part):
+    limits: AgentLimits = AgentLimits()
+    overrides: dict[str, AgentLimits] = {}
+    """Per-user limits, keyed by internal user id."""
+    idle_stop_s: float = Field(default=900.0, ge=5)
+    """A container with no message for this long is stopped (its workspace is kept)."""
+    max_running: int = Field(default=20, ge=1, le=10_000)
+    """At most this many agent containers at once; further users wait in line."""
+    check_interval_s: float = Field(default=1.0, gt=0, le=60)
+    """How often containers are checked for crashes and idleness."""
 
 
 class ModelSettings(_Part):
@@ -218,6 +241,7 @@ class Settings(BaseSettings):
     router: RouterSettings = RouterSettings()
     docker: DockerSettings = DockerSettings()
     image: ImageSettings = ImageSettings()
+    supervisor: SupervisorSettings = SupervisorSettings()
     model: ModelSettings = ModelSettings()
     mesh: MeshSettings = MeshSettings()
     channels: ChannelsSettings = ChannelsSettings()
@@ -307,16 +331,15 @@ def _check_environment() -> None:
         if not upper.startswith(ENV_PREFIX) or upper == CONFIG_ENV:
             continue
         parts = upper.removeprefix(ENV_PREFIX).lower().split(ENV_NESTED)
-        model: type[BaseModel] | None = Settings
+        model: type[BaseModel] = Settings
         for index, part in enumerate(parts):
-            if model is None or part not in model.model_fields:
+            if part not in model.model_fields:
                 key = ".".join(parts[: index + 1])
                 raise ConfigError(f"environment {upper}", key, "unknown key")
             annotation = model.model_fields[part].annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-                model = annotation
-            else:
-                model = None
+            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                break  # a value or a mapping (per-user overrides): pydantic checks the rest
+            model = annotation
 
 
 def load(path: Path | None = None) -> Settings:

@@ -52,6 +52,26 @@ debian_suite = "bookworm"
 # Unset: the mirror apt uses on this machine.
 # debian_mirror = "http://mirror.example.org/debian"
 
+[supervisor]
+# A container with no message for this long is stopped; its workspace is kept.
+idle_stop_s = 900.0
+# At most this many agent containers run at once; further users wait in line.
+max_running = 20
+# How often containers are checked for crashes and idleness (seconds).
+check_interval_s = 1.0
+
+[supervisor.limits]
+# Every agent container: non-root, no capabilities, read-only root, no network
+# but its one socket to the mesh. These are its resource limits.
+memory_mb = 512      # swap is set equal: no swapping past the limit
+cpus = 1.0
+pids = 128
+tmpfs_mb = 64        # the noexec /tmp
+
+# Per-user limits, by internal user id (see /whoami):
+# [supervisor.overrides.u0123456789abcdef]
+# memory_mb = 1024
+
 [model]
 # The model agents talk to, as a LiteLLM model string "<provider>/<model>".
 name = "openai/gpt-4o-mini"

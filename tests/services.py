@@ -11,19 +11,28 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Final, NoReturn
 
 import pytest
 
 from gateway import embedded_redis
+from gateway.settings import ImageSettings
+
+TEST_IMAGE: Final = ImageSettings(name="stockade-test-agent")
+"""Apart from the deployment's image, so a test run never moves its `latest` tag."""
+
+
+def missing(message: str) -> NoReturn:
+    """A service the test needs is not there: a failure in CI, a skip elsewhere."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def require(binary: str, package: str) -> str:
     path = shutil.which(binary)
     if path is None:
-        message = f"{binary} is missing: apt-get install {package} (scripts/check does this)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"{binary} is missing: apt-get install {package} (scripts/check does this)")
     return path
 
 

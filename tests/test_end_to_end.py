@@ -1,121 +1,143 @@
-"""`stockade up` and `stockade chat` as separate processes, talking through the private Redis."""
+"""The whole pipeline as a user meets it: `stockade up` and `stockade chat` as processes,
+the private Redis, a real agent container on Docker, and a fake model on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 from gateway.bus import agent_stream
-from tests.services import require
+from tests.fakes.model_server import FakeModelServer, Text, running_model_server
+from tests.services import TEST_IMAGE, require
 
 REPO = Path(__file__).resolve().parents[1]
+CANARY_KEY = "sk-canary-e2e-5f1c"
 
 
-def environment(data_dir: Path) -> dict[str, str]:
+@dataclass
+class Gateway:
+    data_dir: Path
+    proc: asyncio.subprocess.Process
+    model: FakeModelServer
+    env: dict[str, str]
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis(unix_socket_path=str(self.data_dir / "redis" / "redis.sock"))
+
+
+def environment(data_dir: Path, model_url: str) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.upper().startswith("STOCKADE_")}
-    return {**base, "STOCKADE_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO)}
+    return {
+        **base,
+        "PYTHONPATH": str(REPO),
+        "STOCKADE_DATA_DIR": str(data_dir),
+        "STOCKADE_IMAGE__NAME": TEST_IMAGE.name,
+        "STOCKADE_MODEL__NAME": "openai/fake",
+        "STOCKADE_MODEL__API_BASE": model_url,
+        "STOCKADE_MODEL__API_KEY": CANARY_KEY,
+        "STOCKADE_SUPERVISOR__LIMITS__MEMORY_MB": "128",
+    }
 
 
 @pytest.fixture
-def gateway_up() -> Iterator[tuple[Path, subprocess.Popen[str]]]:
+async def gateway(agent_image: str) -> AsyncIterator[Gateway]:
     require("redis-server", "redis-server")
-    # Short path: the private Redis socket lives in here.
-    with tempfile.TemporaryDirectory(prefix="stk-e2e-", dir="/tmp") as tmp:
-        data_dir = Path(tmp)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "up"],
-            env=environment(data_dir),
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        sock = data_dir / "redis" / "redis.sock"
-        deadline = time.monotonic() + 30
-        while not sock.exists():
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, "stockade up did not start its Redis"
-            time.sleep(0.05)
-        try:
-            yield data_dir, proc
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=30)
+    async with running_model_server() as model:
+        # Short path: the private Redis socket and the agents' sockets live in here.
+        with tempfile.TemporaryDirectory(prefix="stk-e2e-", dir="/tmp") as tmp:
+            data_dir = Path(tmp)
+            env = environment(data_dir, model.url)
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway.cli", "up", env=env, stderr=asyncio.subprocess.PIPE
+            )
+            gateway = Gateway(data_dir, proc, model, env)
+            try:
+                async with asyncio.timeout(120):
+                    assert proc.stderr is not None
+                    while b"Stockade is up" not in (line := await proc.stderr.readline()):
+                        assert line, f"stockade up exited with {await proc.wait()}"
+                yield gateway
+            finally:
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGTERM)
+                    await asyncio.wait_for(proc.wait(), 60)
+                await remove_agents(gateway)
 
 
-def chat(data_dir: Path, lines: str, user: str = "ada") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "chat", "--user", user],
-        input=lines,
-        capture_output=True,
-        text=True,
-        env=environment(data_dir),
-        timeout=60,
+async def remove_agents(gateway: Gateway) -> None:
+    import docker
+
+    client = docker.from_env()
+    try:
+        user_ids = gateway.redis().hvals("stockade:identity")
+    except redis.exceptions.ConnectionError:
+        user_ids = []
+    for container in client.containers.list(all=True, filters={"label": "org.stockade.role=agent"}):
+        if container.labels.get("org.stockade.user", "").encode() in user_ids:
+            container.remove(force=True)
+    client.close()
+
+
+async def chat(gateway: Gateway, lines: str, user: str = "ada") -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "chat",
+        "--user",
+        user,
+        env=gateway.env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
+    out, err = await asyncio.wait_for(proc.communicate(lines.encode()), 120)
+    return proc.returncode or 0, out.decode(), err.decode()
 
 
-def test_chat_gets_command_answers_and_queues_other_messages(
-    gateway_up: tuple[Path, subprocess.Popen[str]],
-) -> None:
-    data_dir, _ = gateway_up
-    result = chat(data_dir, "/help\nhello agent\n/whoami\n")
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
+async def test_chat_gets_command_answers_and_agent_replies(gateway: Gateway) -> None:
+    gateway.model.push(Text("Hello from your agent."))
+    code, out, err = await chat(gateway, "/help\nhello agent\n/whoami\n")
+    assert code == 0, err
     assert "« Commands:" in out
-    assert "queued for your agent" in out
+    assert "« Hello from your agent." in out
     assert "on console" in out  # /whoami
+    # The provider saw the operator's key; the agent never had it.
+    assert gateway.model.requests[0].authorization == f"Bearer {CANARY_KEY}"
     user_id = out.split("You are ", 1)[1].split(":", 1)[0]
-
-    client = redis.Redis(unix_socket_path=str(data_dir / "redis" / "redis.sock"))
-    try:
-        queued = client.xrange(agent_stream(user_id))
-        assert [entry[b"text"] for _, entry in queued] == [b"hello agent"]
-    finally:
-        client.close()
+    queued = gateway.redis().xrange(agent_stream(user_id))
+    assert [fields[b"text"] for _, fields in queued] == [b"hello agent"]
 
 
-def test_two_chats_see_only_their_own_replies(
-    gateway_up: tuple[Path, subprocess.Popen[str]],
-) -> None:
-    data_dir, _ = gateway_up
-    first = chat(data_dir, "/whoami\n", user="ada")
-    second = chat(data_dir, "/whoami\n", user="grace")
-    assert "ada on console" in first.stdout and "grace" not in first.stdout
-    assert "grace on console" in second.stdout and "ada" not in second.stdout
+async def test_two_chats_see_only_their_own_replies(gateway: Gateway) -> None:
+    first = await chat(gateway, "/whoami\n", user="ada")
+    second = await chat(gateway, "/whoami\n", user="grace")
+    assert "ada on console" in first[1] and "grace" not in first[1]
+    assert "grace on console" in second[1] and "ada" not in second[1]
 
 
-def test_hostile_input_is_sanitized_before_it_is_stored(
-    gateway_up: tuple[Path, subprocess.Popen[str]],
-) -> None:
-    data_dir, _ = gateway_up
-    result = chat(data_dir, "hi\u202e\U000e0069\U000e0067\x1b]0;pwn\x07 there\n")
-    assert result.returncode == 0, result.stderr
-    client = redis.Redis(unix_socket_path=str(data_dir / "redis" / "redis.sock"))
-    try:
-        stored = [
-            fields[b"text"].decode()
-            for stream in client.scan_iter(match="stockade:agent:*")
-            for _, fields in client.xrange(stream)
-        ]
-    finally:
-        client.close()
-    assert len(stored) == 1
-    assert "\u202e" not in stored[0] and "\x1b" not in stored[0] and "\U000e0069" not in stored[0]
+async def test_hostile_input_is_sanitized_before_it_reaches_the_agent(gateway: Gateway) -> None:
+    gateway.model.push(Text("ok"))
+    code, _, err = await chat(gateway, "hi\u202e\U000e0069\U000e0067\x1b]0;pwn\x07 there\n")
+    assert code == 0, err
+    [request] = gateway.model.requests
+    sent: Any = request.body["messages"][-1]["content"]
+    assert "hi" in sent and "there" in sent
+    assert "\u202e" not in sent and "\x1b" not in sent and "\U000e0069" not in sent
 
 
-def test_up_stops_cleanly_and_takes_its_redis_with_it(
-    gateway_up: tuple[Path, subprocess.Popen[str]],
-) -> None:
-    data_dir, proc = gateway_up
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0
-    assert not (data_dir / "redis" / "redis.sock").exists()
-    assert (data_dir / "redis" / "appendonlydir").is_dir()
+async def test_up_stops_cleanly_and_takes_its_redis_with_it(gateway: Gateway) -> None:
+    gateway.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(gateway.proc.wait(), 60) == 0
+    assert not (gateway.data_dir / "redis" / "redis.sock").exists()
+    assert (gateway.data_dir / "redis" / "appendonlydir").is_dir()

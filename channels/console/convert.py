@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Final
 
-from gateway.sanitize import sanitize
-
 from channels.base import Capabilities
 from gateway.envelope import Inbound, Outbound
+from gateway.sanitize import sanitize
 
 NAME: Final = "console"
 # A terminal has no message limit; this only bounds what one pasted line may carry.

@@ -16,7 +16,8 @@ async def _whoami(context: CommandContext, args: tuple[str, ...]) -> str:
     if args:
         raise CommandError("/whoami takes no arguments.", "whoami")
     inbound = context.inbound
-    name = f" ({inbound.sender_name})" if inbound.sender_name else ""
+    shown = inbound.sender_name and inbound.sender_name != inbound.sender_id
+    name = f" ({inbound.sender_name})" if shown else ""
     return (
         f"You are {context.user_id}: {inbound.sender_id}{name} on {inbound.channel}.\nRole: user."
     )

@@ -1,0 +1,226 @@
+"""The agent's main loop: take the next message, think with tools, answer, remember.
+
+One message at a time: long-poll the mesh for the user's next message, run the
+model with the tools for a bounded number of steps, post the final reply. A
+model call the mesh refuses becomes a sentence to the user, and a failure in one
+turn never stops the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final
+
+from agents._client import MeshClient, MeshError, MeshRefused, Message
+from agents._memory import Memory, MemoryStore
+from agents._tools import SCHEMAS, Tools
+
+SOCKET_ENV: Final = "AGENT_MESH_SOCKET"
+WORKSPACE_ENV: Final = "AGENT_WORKSPACE"
+DEFAULT_SOCKET: Final = "/run/stockade/mesh.sock"
+DEFAULT_WORKSPACE: Final = "/workspace"
+
+NEXT_WAIT_S: Final = 20.0
+MAX_STEPS: Final = 8
+"""Model calls per message; a tool loop that goes on longer is stopped with a note."""
+MAX_CALLS_PER_STEP: Final = 8
+"""Tool calls run from one model answer; further ones are answered with an error."""
+TOOL_RESULT_MAX: Final = 16_000
+"""Characters of one tool result that re-enter the prompt."""
+_ERROR_PAUSE_S: Final = 1.0
+
+SYSTEM_PROMPT: Final = (
+    "You are a helpful assistant. You have a private workspace directory, which is "
+    "your current directory and persists between conversations; you can read and "
+    "write files there and run shell commands with your tools. You have no network "
+    "access. Answer concisely."
+)
+
+log = logging.getLogger("agents")
+
+
+def bounded(text: str, limit: int = TOOL_RESULT_MAX) -> str:
+    if len(text) <= limit:
+        return text
+    note = f"\n[shortened: {len(text) - limit} more characters left out]"
+    return text[:limit] + note
+
+
+def refusal_text(exc: MeshRefused) -> str:
+    """The sentence a user reads when the model could not be used."""
+    if exc.status >= 500:
+        return f"I can't reach the model right now: {exc.message}. Please try again later."
+    return f"I can't use the model for this: {exc.message}."
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """The assistant message of one model answer, ready to keep in memory."""
+
+    message: dict[str, Any]
+    calls: list[dict[str, Any]]
+    text: str
+
+
+def _step(answer: dict[str, Any]) -> _Step:
+    """The first choice of an OpenAI chat answer; ValueError when it has no usable shape."""
+    choices = answer.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise ValueError("the answer has no choices")
+    message = choices[0].get("message")
+    if not isinstance(message, dict):
+        raise ValueError("the answer's choice has no message")
+    content = message.get("content")
+    text = content if isinstance(content, str) else ""
+    calls: list[dict[str, Any]] = []
+    for call in message.get("tool_calls") or []:
+        if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
+            raise ValueError("a tool call is malformed")
+        function = call["function"]
+        if not isinstance(call.get("id"), str) or not isinstance(function.get("name"), str):
+            raise ValueError("a tool call lacks its id or name")
+        arguments = function.get("arguments")
+        calls.append(
+            {
+                "id": call["id"],
+                "type": "function",
+                "function": {
+                    "name": function["name"],
+                    "arguments": arguments if isinstance(arguments, str) else "{}",
+                },
+            }
+        )
+    kept: dict[str, Any] = {"role": "assistant", "content": text or None}
+    if calls:
+        kept["tool_calls"] = calls
+    elif not text:
+        kept["content"] = ""
+    return _Step(kept, calls, text)
+
+
+class Agent:
+    """One user's agent: the loop, its tools and its memory."""
+
+    def __init__(self, client: MeshClient, workspace: Path) -> None:
+        self._client = client
+        self._tools = Tools(workspace)
+        self._memory = MemoryStore(workspace)
+
+    def think(self, message: Message) -> str:
+        """The final answer to `message`, after up to MAX_STEPS model calls; saves the memory."""
+        memory = self._memory.load()
+        if memory.answered_id == message.id and memory.answered_text:
+            log.info("message %s was answered before a restart; sending that answer", message.id)
+            return memory.answered_text
+        history = [*memory.messages, {"role": "user", "content": message.text}]
+        answer = ""
+        for step in range(MAX_STEPS):
+            try:
+                reply = self._client.chat(
+                    {
+                        "messages": [{"role": "system", "content": SYSTEM_PROMPT}, *history],
+                        "tools": SCHEMAS,
+                    }
+                )
+            except MeshRefused as exc:
+                log.warning("model call %d for %s refused: %s", step + 1, message.id, exc.kind)
+                answer = refusal_text(exc)
+                break
+            except MeshError as exc:
+                log.warning("model call %d for %s failed: %s", step + 1, message.id, exc)
+                answer = "I can't reach the model right now. Please try again later."
+                break
+            try:
+                result = _step(reply)
+            except ValueError as exc:
+                log.warning("the model's answer for %s was unusable: %s", message.id, exc)
+                answer = "The model gave an answer I could not read. Please try again."
+                break
+            history.append(result.message)
+            if not result.calls:
+                answer = result.text or "(The model returned an empty answer.)"
+                break
+            history.extend(self._run(result.calls))
+        else:
+            answer = (
+                f"I stopped after {MAX_STEPS} steps without a final answer. "
+                "Ask me to go on if you want me to continue."
+            )
+        self._memory.save(Memory(history, message.id, answer))
+        return answer
+
+    def _run(self, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One tool message per call, in order; each result is bounded."""
+        results = []
+        for index, call in enumerate(calls):
+            name = call["function"]["name"]
+            if index >= MAX_CALLS_PER_STEP:
+                output = f"error: at most {MAX_CALLS_PER_STEP} tool calls run at once"
+            else:
+                started = time.monotonic()
+                output = self._tools.call(name, call["function"]["arguments"])
+                log.info("tool %s took %.2f s", name[:40], time.monotonic() - started)
+            results.append({"role": "tool", "tool_call_id": call["id"], "content": bounded(output)})
+        return results
+
+    def handle(self, message: Message) -> None:
+        """Answer one message; any failure becomes a short final reply, so the turn ends."""
+        started = time.monotonic()
+        try:
+            answer = self.think(message)
+        except Exception as exc:  # the per-message boundary: answer, log, go on
+            log.error("turn %s failed: %s", message.id, type(exc).__name__, exc_info=True)
+            answer = (
+                f"Something went wrong in my workspace ({type(exc).__name__}). Please try again."
+            )
+        delivered = self._client.reply(message.id, answer, final=True)
+        log.info(
+            "answered %s in %.2f s%s",
+            message.id,
+            time.monotonic() - started,
+            "" if delivered else " (the mesh had already finished it)",
+        )
+
+    def serve(self, should_stop: Callable[[], bool] = lambda: False) -> None:
+        """Take and answer messages until `should_stop` says so."""
+        while not should_stop():
+            try:
+                message = self._client.next(NEXT_WAIT_S)
+                if message is not None:
+                    self.handle(message)
+            except MeshError as exc:
+                log.warning("the mesh failed: %s", exc)
+                time.sleep(_ERROR_PAUSE_S)
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    # As PID 1 in a container, SIGTERM is ignored unless handled.
+    raise SystemExit(0)
+
+
+def main() -> int:
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    signal.signal(signal.SIGTERM, _terminate)
+    socket_path = os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+    workspace = Path(os.environ.get(WORKSPACE_ENV) or DEFAULT_WORKSPACE)
+    if not workspace.is_dir():
+        log.error("the workspace %s is not a directory", workspace)
+        return 2
+    log.info("agent runtime started; mesh at %s, workspace %s", socket_path, workspace)
+    with contextlib.suppress(KeyboardInterrupt, SystemExit):
+        Agent(MeshClient(socket_path), workspace).serve()
+    log.info("agent runtime stopped")
+    return 0

@@ -1,0 +1,15 @@
+"""The mesh: the agent-facing server, one unix socket per agent, the agent's only door.
+
+Each agent speaks HTTP/1.1 + JSON on its own socket, which is its identity:
+
+    GET  /v1/next?wait=S         the user's next message, or 204 after S seconds
+    POST /v1/reply               {"id", "text", "final"}: sanitized, sent to the message's chat
+    POST /v1/chat/completions    OpenAI-compatible; allowlisted fields, the operator's key
+"""
+
+from __future__ import annotations
+
+from gateway.mesh._mesh import Mesh
+from gateway.mesh._server import AGENT_GROUP, SOCKET_NAME
+
+__all__ = ["AGENT_GROUP", "SOCKET_NAME", "Mesh"]

@@ -1,0 +1,88 @@
+"""The mesh: one door (a unix socket and its server) per running agent, opened on demand."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from pathlib import Path
+from typing import Final
+
+from gateway.bus import Bus
+from gateway.mesh._model import Model
+from gateway.mesh._server import SOCKET_NAME, Door
+from gateway.settings import MeshSettings, ModelSettings
+
+SOCKET_PATH_MAX: Final = 107
+"""Bytes in a unix socket path, the terminating NUL excluded (sun_path is 108 on Linux)."""
+
+# A user id becomes a directory name: nothing that could climb out of socket_dir.
+_USER_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+log = logging.getLogger("stockade.mesh")
+
+
+def socket_dir_of(socket_dir: Path, user_id: str) -> Path:
+    """The directory holding `user_id`'s socket; refuses ids that are not a plain name."""
+    if _USER_ID.fullmatch(user_id) is None:
+        raise ValueError(f"not a valid user id for a socket directory: {user_id[:40]!r}")
+    return socket_dir / user_id
+
+
+class Mesh:
+    """The agent-facing server: `open` a user's door before their agent starts, `close` after."""
+
+    def __init__(
+        self, bus: Bus, model: ModelSettings, mesh: MeshSettings, socket_dir: Path
+    ) -> None:
+        self._bus = bus
+        self._model = Model(model)
+        self._settings = mesh
+        self._socket_dir = socket_dir
+        self._doors: dict[str, Door] = {}
+        self._lock = asyncio.Lock()
+
+    async def warm(self) -> None:
+        """Load the model client now rather than on the first agent's first call."""
+        await self._model.warm()
+
+    async def open(self, user_id: str) -> Path:
+        """Listen on `user_id`'s socket; the directory to mount into the agent (idempotent).
+
+        The directory is created 0700: whoever mounts it hands it to the agent's uid.
+        The socket inside is 0666, so only that directory's permissions guard it.
+        """
+        directory = socket_dir_of(self._socket_dir, user_id)
+        path = directory / SOCKET_NAME
+        if len(bytes(path)) > SOCKET_PATH_MAX:
+            raise ValueError(
+                f"socket path {path} is {len(bytes(path))} bytes; unix sockets allow "
+                f"{SOCKET_PATH_MAX}: choose a shorter socket directory"
+            )
+        async with self._lock:
+            if user_id in self._doors:
+                return directory
+            self._socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            directory.mkdir(mode=0o700, exist_ok=True)
+            door = Door(user_id, path, self._bus, self._model, self._settings)
+            await door.start()
+            self._doors[user_id] = door
+        log.info("opened the door of %s", user_id)
+        return directory
+
+    async def close(self, user_id: str) -> None:
+        """Stop listening for `user_id`; their unfinished messages stay pending in Redis."""
+        async with self._lock:
+            door = self._doors.pop(user_id, None)
+            if door is not None:
+                await door.stop()
+                log.info("closed the door of %s", user_id)
+
+    async def aclose(self) -> None:
+        """Close every door."""
+        async with self._lock:
+            doors, self._doors = list(self._doors.values()), {}
+            await asyncio.gather(*(door.stop() for door in doors))
+
+    def is_open(self, user_id: str) -> bool:
+        return user_id in self._doors

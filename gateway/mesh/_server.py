@@ -1,0 +1,298 @@
+"""One agent's door: an aiohttp server on that agent's own unix socket.
+
+The socket is the agent's identity. Every request on it acts for the one user
+the door was opened for; nothing in a request can name another user, a stream,
+a conversation or a key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from aiohttp import web
+from redis.exceptions import ResponseError
+
+from gateway.bus import Bus, Delivery, agent_stream, out_stream
+from gateway.envelope import Inbound
+from gateway.errors import RedisUnavailable, StaleDelivery
+from gateway.mesh._model import Model
+from gateway.mesh._protocol import (
+    Rejected,
+    error_body,
+    next_body,
+    parse_chat,
+    parse_json,
+    parse_reply,
+    parse_wait,
+    reply_envelope,
+    reply_text,
+)
+from gateway.settings import MeshSettings
+
+AGENT_GROUP: Final = "agent"
+SOCKET_NAME: Final = "mesh.sock"
+
+MAX_OPEN_TURNS: Final = 32
+"""Messages handed out and not yet finished, per agent; the oldest is forgotten past this.
+
+A well-behaved agent works on one at a time. A forgotten one stays pending in Redis
+and comes back through the bus's reclaim path."""
+MODEL_CALLS_PER_AGENT: Final = 4
+"""Concurrent model calls one agent may have in flight; the rest wait their turn."""
+_POLL_SLICE_S: Final = 1.0
+"""A long poll waits on Redis in slices of this length, checking its agent is still there."""
+_SHUTDOWN_S: Final = 1.0
+"""How long closing a door lets requests in flight finish (long polls are ended at once)."""
+
+log = logging.getLogger("stockade.mesh")
+
+
+@dataclass(slots=True)
+class _Turn:
+    delivery: Delivery
+    inbound: Inbound
+    replies: int = 0
+
+
+_USER: Final = web.AppKey("user_id", str)
+
+
+def _gone(request: web.Request) -> bool:
+    """The agent closed the connection this request came on."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def _user(request: web.Request) -> str:
+    return request.app[_USER]
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """The per-request task boundary: every failure becomes a JSON error without secrets."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except Rejected as exc:
+        return web.json_response(error_body(exc.kind, exc.message), status=exc.status)
+    except web.HTTPException as exc:
+        kind = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+        body = error_body(kind.get(exc.status, "http_error"), exc.reason)
+        return web.json_response(body, status=exc.status)
+    except RedisUnavailable:
+        log.warning(
+            "%s %s for %s: Redis is unavailable", request.method, request.path, _user(request)
+        )
+        return web.json_response(error_body("unavailable", "try again shortly"), status=503)
+    except Exception as exc:  # the request boundary: log, answer 500, serve on
+        log.error(
+            "%s %s for %s failed: %s",
+            request.method,
+            request.path,
+            _user(request),
+            type(exc).__name__,
+        )
+        log.debug("traceback of the failed request", exc_info=True)
+        return web.json_response(error_body("internal_error", "the mesh failed"), status=500)
+
+
+class Door:
+    """The server on one agent's socket, and what it remembers about that agent's turns."""
+
+    def __init__(
+        self, user_id: str, path: Path, bus: Bus, model: Model, settings: MeshSettings
+    ) -> None:
+        self.user_id = user_id
+        self.path = path
+        self._bus = bus
+        self._model = model
+        self._settings = settings
+        self._stream = agent_stream(user_id)
+        self._turns: OrderedDict[str, _Turn] = OrderedDict()
+        self._next_lock = asyncio.Lock()
+        self._model_slots = asyncio.Semaphore(MODEL_CALLS_PER_AGENT)
+        self._runner: web.AppRunner | None = None
+        self._polls: set[asyncio.Task[Any]] = set()
+        self._unclaimed: deque[tuple[Delivery, Inbound]] = deque()
+
+    def _app(self) -> web.Application:
+        app = web.Application(
+            client_max_size=self._settings.max_request_bytes, middlewares=[_errors]
+        )
+        app[_USER] = self.user_id
+        app.router.add_get("/v1/next", self._next)
+        app.router.add_post("/v1/reply", self._reply)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        return app
+
+    async def start(self) -> None:
+        await self._bus.ensure_group(self._stream, AGENT_GROUP)
+        runner = web.AppRunner(self._app(), access_log=None, shutdown_timeout=_SHUTDOWN_S)
+        await runner.setup()
+        try:
+            await web.UnixSite(runner, str(self.path)).start()
+            # The directory (0700, handed to the agent's uid) guards the socket.
+            self.path.chmod(0o666)
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        # Long polls end now rather than at the shutdown timeout; what one of them had
+        # just read stays pending in Redis and is reclaimed later.
+        polls = list(self._polls)
+        for task in polls:
+            task.cancel()
+        await asyncio.gather(*polls, return_exceptions=True)
+        if runner is not None:
+            await runner.cleanup()
+        self._turns.clear()
+        self._unclaimed.clear()
+        try:
+            self.path.unlink(missing_ok=True)
+        except PermissionError:
+            log.warning("could not remove the socket of %s: permission denied", self.user_id)
+
+    # -- request bodies ----------------------------------------------------------------
+
+    async def _body(self, request: web.Request) -> Any:
+        limit = self._settings.max_request_bytes
+        too_large = Rejected(413, "too_large", f"the body is larger than {limit} bytes")
+        if request.content_length is not None and request.content_length > limit:
+            raise too_large
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise too_large from None
+        return parse_json(raw)
+
+    # -- GET /v1/next ------------------------------------------------------------------
+
+    async def _read_one(self, block_ms: int) -> list[Delivery]:
+        try:
+            return await self._bus.read(
+                self._stream, AGENT_GROUP, self.user_id, count=1, block_ms=block_ms
+            )
+        except ResponseError as exc:
+            if not str(exc).startswith("NOGROUP"):
+                raise
+            # The stream was deleted (a reset): start again from an empty group.
+            await self._bus.ensure_group(self._stream, AGENT_GROUP)
+            return []
+
+    async def _admit(self, delivery: Delivery) -> Inbound | None:
+        inbound = delivery.envelope
+        if isinstance(inbound, Inbound) and inbound.user_id == self.user_id:
+            return inbound
+        # Never hand an agent anything that is not a message routed to its own user.
+        log.error(
+            "entry %s of %s is not a message for %s", delivery.entry_id, self._stream, self.user_id
+        )
+        await self._bus.fail(delivery, "not an inbound message routed to this stream's user")
+        return None
+
+    async def _next(self, request: web.Request) -> web.Response:
+        wait = parse_wait(request.query.get("wait"), self._settings.next_wait_s)
+        deadline = asyncio.get_running_loop().time() + wait
+        task = asyncio.current_task()
+        if task is None:  # aiohttp runs every handler in a task of its own
+            return await self._wait_for_next(request, deadline)
+        self._polls.add(task)
+        try:
+            return await self._wait_for_next(request, deadline)
+        finally:
+            self._polls.discard(task)
+
+    async def _wait_for_next(self, request: web.Request, deadline: float) -> web.Response:
+        loop = asyncio.get_running_loop()
+        async with self._next_lock:
+            while not _gone(request):
+                if self._unclaimed:
+                    return self._hand_out(*self._unclaimed.popleft())
+                remaining = deadline - loop.time()
+                # Short slices: a poll whose agent went away ends within one, and frees
+                # the lock for the agent's next poll. 0 means "do not wait" to the bus.
+                block_s = min(remaining, _POLL_SLICE_S)
+                block_ms = max(1, int(block_s * 1000)) if block_s > 0 else 0
+                for delivery in await self._read_one(block_ms):
+                    inbound = await self._admit(delivery)
+                    if inbound is None:
+                        continue
+                    if _gone(request):
+                        # Read for an agent that left: keep it for the next poll.
+                        self._unclaimed.append((delivery, inbound))
+                        break
+                    return self._hand_out(delivery, inbound)
+                if loop.time() >= deadline:
+                    break
+        return web.Response(status=204)
+
+    def _hand_out(self, delivery: Delivery, inbound: Inbound) -> web.Response:
+        return web.json_response(next_body(self._remember(delivery, inbound), inbound))
+
+    def _remember(self, delivery: Delivery, inbound: Inbound) -> str:
+        message_id = delivery.entry_id
+        turn = self._turns.pop(message_id, None)
+        if turn is None:
+            turn = _Turn(delivery, inbound)
+        else:
+            turn.delivery = delivery  # a redelivery: its count is newer
+        self._turns[message_id] = turn
+        while len(self._turns) > MAX_OPEN_TURNS:
+            self._turns.popitem(last=False)
+        return message_id
+
+    # -- POST /v1/reply ----------------------------------------------------------------
+
+    async def _reply(self, request: web.Request) -> web.Response:
+        reply = parse_reply(await self._body(request))
+        turn = self._turns.get(reply.message_id)
+        if turn is None:
+            raise Rejected(404, "unknown_message", "no open message has this id")
+        text = reply_text(reply.text, self._settings.max_reply_chars)
+        stream = out_stream(turn.inbound.channel)
+        sent = bool(text.strip())
+        if reply.final:
+            self._turns.pop(reply.message_id, None)
+            try:
+                if sent:
+                    envelope = reply_envelope(turn.inbound, self.user_id, text, "final")
+                    # The reply and the ack in one step: the turn is done exactly once.
+                    await self._bus.forward(turn.delivery, stream, envelope)
+                else:
+                    await self._bus.ack(turn.delivery)
+            except StaleDelivery:
+                raise Rejected(
+                    404, "unknown_message", "this message was already finished"
+                ) from None
+            except BaseException:
+                self._turns.setdefault(reply.message_id, turn)
+                raise
+        elif sent:
+            turn.replies += 1
+            envelope = reply_envelope(turn.inbound, self.user_id, text, f"r{turn.replies}")
+            await self._bus.publish(stream, envelope, dedupe=envelope.outbound_id)
+        log.info(
+            "reply from %s to %s (final=%s, sent=%s, %d chars)",
+            self.user_id,
+            reply.message_id,
+            reply.final,
+            sent,
+            len(text),
+        )
+        return web.json_response({"ok": True, "sent": sent})
+
+    # -- POST /v1/chat/completions -----------------------------------------------------
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        params = parse_chat(await self._body(request), self._model.name, self._model.max_tokens)
+        async with self._model_slots:
+            answer = await self._model.complete(params, self.user_id)
+        return web.json_response(answer)

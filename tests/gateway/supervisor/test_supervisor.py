@@ -1,0 +1,197 @@
+"""The supervisor on a real Docker engine: one hardened container per user, started, reused,
+restarted after a crash (telling the user once), stopped when idle, capped, and adopted."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from gateway.bus import WAKE_STREAM
+from gateway.supervisor import container_name
+from tests.gateway.supervisor._harness import SMALL, Stack, agent_stack
+from tests.services import RedisProcess
+
+
+@pytest.fixture
+async def stack(
+    redis_server: RedisProcess, agent_image: str, docker_engine: Any
+) -> AsyncIterator[Stack]:
+    async with agent_stack(redis_server.url, agent_image, docker_engine) as built:
+        yield built
+
+
+async def wake_all(stack: Stack) -> None:
+    """Process every pending wake entry, then reconcile once."""
+    await stack.bus.ensure_group(WAKE_STREAM, "supervisor")
+    for delivery in await stack.bus.read(WAKE_STREAM, "supervisor", "s1", count=100, block_ms=10):
+        await stack.supervisor.handle_wake(delivery)
+        await stack.bus.ack(delivery)
+    await stack.supervisor.reconcile()
+
+
+def inspect(docker_engine: Any, user: str) -> dict[str, Any]:
+    attrs: dict[str, Any] = docker_engine.api.inspect_container(container_name(user))
+    return attrs
+
+
+async def test_the_first_message_starts_a_hardened_container(
+    stack: Stack, docker_engine: Any
+) -> None:
+    user = await stack.new_user()
+    await stack.say(user, "hello")
+    await wake_all(stack)
+
+    attrs = inspect(docker_engine, user)
+    host = attrs["HostConfig"]
+    assert attrs["State"]["Running"]
+    assert attrs["Config"]["User"] == "65534:65534"
+    assert host["CapDrop"] == ["ALL"]
+    assert not host["CapAdd"]
+    assert host["SecurityOpt"] == ["no-new-privileges:true"]
+    assert host["ReadonlyRootfs"] is True
+    assert host["Privileged"] is False
+    assert host["NetworkMode"] == "none"
+    assert host["Memory"] == 96 * 1024 * 1024
+    assert host["MemorySwap"] == host["Memory"]
+    assert host["NanoCpus"] == 500_000_000
+    assert host["PidsLimit"] == 64
+    assert "noexec" in host["Tmpfs"]["/tmp"] and "size=8m" in host["Tmpfs"]["/tmp"]
+    assert host["IpcMode"] == "private"
+    assert attrs["Config"]["Labels"]["org.stockade.user"] == user
+    mounts = {m["Destination"]: m for m in attrs["Mounts"]}
+    assert set(mounts) == {"/workspace", "/run/stockade"}
+    assert mounts["/workspace"]["Type"] == "volume"
+    assert all("docker.sock" not in (m.get("Source") or "") for m in attrs["Mounts"])
+    env = "\n".join(attrs["Config"]["Env"])
+    assert "sk-canary-test" not in env
+
+
+async def test_the_same_container_serves_later_messages(stack: Stack, docker_engine: Any) -> None:
+    user = await stack.new_user()
+    await stack.say(user, "one")
+    await wake_all(stack)
+    first = inspect(docker_engine, user)["Id"]
+    await stack.say(user, "two")
+    await wake_all(stack)
+    assert inspect(docker_engine, user)["Id"] == first
+
+
+async def test_a_crashed_agent_is_restarted_and_the_user_told_once(
+    stack: Stack, docker_engine: Any
+) -> None:
+    user = await stack.new_user()
+    await stack.say(user, "hello")
+    await wake_all(stack)
+    docker_engine.containers.get(container_name(user)).kill()
+
+    await stack.supervisor.reconcile()
+    assert inspect(docker_engine, user)["State"]["Running"]
+    await stack.supervisor.reconcile()
+    notices = [r for r in await stack.replies() if "restarted" in r.text]
+    assert len(notices) == 1
+    assert notices[0].conversation_id == f"chat-{user}"
+
+
+async def test_an_idle_agent_is_stopped_and_its_workspace_kept(
+    stack: Stack, docker_engine: Any
+) -> None:
+    user = await stack.new_user()
+    await stack.say(user, "hello")
+    await wake_all(stack)
+    # Let the agent take and answer the message, so no work is left.
+    await stack.wait_for_replies(1)
+    stack.clock.now += 10_000
+    async with asyncio.timeout(30):
+        while any(c.user_id == user for c in await stack.runtime.agents()):
+            await stack.supervisor.reconcile()
+            await asyncio.sleep(0.1)
+    assert docker_engine.volumes.get(f"stockade-ws-{user}")
+    assert not stack.mesh.is_open(user)
+
+
+async def test_an_agent_with_work_left_is_not_stopped_for_idleness(
+    stack: Stack, docker_engine: Any
+) -> None:
+    user = await stack.new_user()
+    await stack.mesh.close(user)  # no door: the message stays unanswered
+    await stack.say(user, "hello")
+    await stack.bus.ensure_group(WAKE_STREAM, "supervisor")
+    for delivery in await stack.bus.read(WAKE_STREAM, "supervisor", "s1", count=10, block_ms=10):
+        await stack.supervisor.handle_wake(delivery)
+    await stack.supervisor.reconcile()
+    await stack.mesh.close(user)
+    stack.clock.now += 10_000
+    await stack.supervisor.reconcile()
+    assert inspect(docker_engine, user)["State"]["Running"]
+
+
+async def test_the_running_cap_queues_new_users_until_a_slot_frees(
+    redis_server: RedisProcess, agent_image: str, docker_engine: Any
+) -> None:
+    async with agent_stack(redis_server.url, agent_image, docker_engine, max_running=1) as stack:
+        first = await stack.new_user()
+        second = await stack.new_user()
+        await stack.say(first, "hello")
+        await wake_all(stack)
+        stack.clock.now += 1
+        await stack.say(second, "hello")
+        await wake_all(stack)
+        running = {c.user_id for c in await stack.runtime.agents() if c.running}
+        assert running == {first}
+
+        await stack.wait_for_replies(1)
+        stack.clock.now += 10_000  # the first goes idle; the second still has work
+        async with asyncio.timeout(30):
+            while {c.user_id for c in await stack.runtime.agents() if c.running} != {second}:
+                await stack.supervisor.reconcile()
+                await asyncio.sleep(0.1)
+
+
+async def test_a_new_supervisor_adopts_wanted_agents_and_removes_the_rest(
+    stack: Stack, docker_engine: Any
+) -> None:
+    kept = await stack.new_user()
+    dropped = await stack.new_user()
+    for user in (kept, dropped):
+        await stack.say(user, "hello")
+    await wake_all(stack)
+    kept_id = inspect(docker_engine, kept)["Id"]
+    await stack.client.hdel("stockade:supervisor:wanted", dropped)
+
+    from gateway.supervisor import Supervisor
+
+    restarted = Supervisor(
+        stack.client,
+        stack.bus,
+        stack.runtime,
+        stack.mesh,
+        inspect(docker_engine, kept)["Config"]["Image"],
+        stack.supervisor._settings,
+        clock=stack.clock,
+    )
+    await restarted.reconcile()
+    present = {c.user_id for c in await stack.runtime.agents()}
+    assert kept in present and dropped not in present
+    assert inspect(docker_engine, kept)["Id"] == kept_id
+
+
+async def test_containers_of_another_deployment_on_the_same_engine_are_left_alone(
+    stack: Stack, docker_engine: Any, agent_image: str, tmp_path: Any
+) -> None:
+    from gateway.supervisor import DockerRuntime, container_spec
+
+    other = DockerRuntime(docker_engine, "another-deployment")
+    stranger = await stack.new_user()
+    mesh_dir = tmp_path / "mesh"
+    mesh_dir.mkdir()
+    spec = container_spec(other.deployment, stranger, agent_image, SMALL, mesh_dir)
+    try:
+        await other.start(stranger, spec)
+        await stack.supervisor.reconcile()  # this deployment wants nobody
+        assert inspect(docker_engine, stranger)["State"]["Running"]
+        assert stranger not in {c.user_id for c in await stack.runtime.agents()}
+    finally:
+        await other.remove(stranger)
