@@ -116,6 +116,8 @@ async def _agents(client: aioredis.Redis, settings: Settings) -> AsyncIterator[S
         log.info("agent image %s", image)
         bus = Bus(client, settings.bus)
         mesh = Mesh(bus, settings.model, settings.mesh, settings.data_dir / "mesh")
+        # LiteLLM takes seconds to import: pay it now, not in a user's first reply.
+        await mesh.warm()
         try:
             yield Supervisor(
                 client,
@@ -203,7 +205,11 @@ async def chat(settings: Settings, user: str | None = None) -> None:
             await asyncio.wait({runner, ended}, return_when=asyncio.FIRST_COMPLETED)
             if not runner.done():
                 finished = asyncio.create_task(channel.done.wait())
-                await asyncio.wait({runner, finished}, timeout=_AFTER_INPUT_S)
+                await asyncio.wait(
+                    {runner, finished},
+                    timeout=_AFTER_INPUT_S,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
                 if not channel.done.is_set() and not runner.done():
                     log.warning(
                         "input ended; gave up waiting for replies after %.0f s", _AFTER_INPUT_S

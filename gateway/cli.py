@@ -57,6 +57,8 @@ def _configure_logging(verbose: bool, quiet: bool = False) -> None:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    # LiteLLM logs every call at INFO, with the model name and provider: noise in ours.
+    logging.getLogger("LiteLLM").setLevel(max(level, logging.WARNING))
 
 
 def _progress_line(line: str) -> None:

@@ -41,6 +41,11 @@ ensure_redis() {
     # Debian's package may start a system-wide server; Stockade and its tests run their own.
 }
 
+ensure_debootstrap() {
+    # Builds the agent's offline base image when no registry base is configured.
+    command -v debootstrap >/dev/null || apt_install debootstrap
+}
+
 ensure_docker() {
     # The Docker engine runs the agents. Install Debian's docker.io when it is missing and
     # start dockerd in the background when no engine answers.

@@ -17,7 +17,13 @@ import pytest
 import redis
 
 from gateway.bus import agent_stream
-from tests.fakes.model_server import FakeModelServer, Text, running_model_server
+from tests.fakes.model_server import (
+    FakeModelServer,
+    Text,
+    ToolCall,
+    ToolCalls,
+    running_model_server,
+)
 from tests.services import TEST_IMAGE, require
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,6 +123,51 @@ async def test_chat_gets_command_answers_and_agent_replies(gateway: Gateway) -> 
     user_id = out.split("You are ", 1)[1].split(":", 1)[0]
     queued = gateway.redis().xrange(agent_stream(user_id))
     assert [fields[b"text"] for _, fields in queued] == [b"hello agent"]
+
+
+async def test_the_model_uses_a_shell_tool_inside_the_users_container(gateway: Gateway) -> None:
+    gateway.model.push(
+        ToolCalls([ToolCall("shell", {"command": "id -u; hostname; echo made-in-sandbox"})]),
+        Text("I ran it."),
+    )
+    code, out, err = await chat(gateway, "please run a command\n")
+    assert code == 0, err
+    assert "« I ran it." in out
+    tool_result = gateway.model.requests[1].body["messages"][-1]
+    assert tool_result["role"] == "tool"
+    assert "65534" in tool_result["content"] and "made-in-sandbox" in tool_result["content"]
+    assert "agent" in tool_result["content"]  # the container's hostname, not the host's
+
+
+async def test_two_console_users_get_two_containers_that_cannot_see_each_other(
+    gateway: Gateway,
+) -> None:
+    secret = "ada-private-note-7f3a"
+    gateway.model.push(
+        ToolCalls([ToolCall("write_file", {"path": "note.txt", "content": secret})]),
+        Text("Saved."),
+        ToolCalls([ToolCall("shell", {"command": "cat note.txt; ls -a; hostname"})]),
+        Text("Looked."),
+    )
+    first = await chat(gateway, "save my note\n", user="ada")
+    second = await chat(gateway, "read the note\n", user="grace")
+    assert "« Saved." in first[1]
+    assert "« Looked." in second[1]
+    grace_saw = gateway.model.requests[3].body["messages"][-1]["content"]
+    assert secret not in grace_saw and "No such file" in grace_saw
+
+    import docker
+
+    client = docker.from_env()
+    try:
+        ours = client.containers.list(filters={"label": "org.stockade.role=agent"})
+        users = gateway.redis().hvals("stockade:identity")
+        mine = [c for c in ours if c.labels["org.stockade.user"].encode() in users]
+        assert len(mine) == 2
+        volumes = {m.get("Name") for c in mine for m in c.attrs["Mounts"] if m["Type"] == "volume"}
+        assert len(volumes) == 2
+    finally:
+        client.close()
 
 
 async def test_two_chats_see_only_their_own_replies(gateway: Gateway) -> None:

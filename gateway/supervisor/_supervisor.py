@@ -57,6 +57,8 @@ class MeshDoor(Protocol):
 
     async def close(self, user_id: str) -> None: ...
 
+    def is_open(self, user_id: str) -> bool: ...
+
 
 def crash_notice(container: AgentContainer) -> str:
     reason = "it ran out of memory" if container.oom_killed else f"exit {container.exit_code}"
@@ -114,10 +116,14 @@ class Supervisor:
     async def _has_work(self, user_id: str) -> bool:
         return await self._bus.lag(agent_stream(user_id), AGENT_GROUP) > 0
 
-    async def _start(self, user_id: str) -> None:
+    async def _open_door(self, user_id: str) -> Path:
         mesh_dir = await self._mesh.open(user_id)
         # The agent runs as "nobody" and must be able to reach its own socket, and only it.
         os.chown(mesh_dir, AGENT_UID, AGENT_UID)
+        return mesh_dir
+
+    async def _start(self, user_id: str) -> None:
+        mesh_dir = await self._open_door(user_id)
         limits = self._settings.overrides.get(user_id, self._settings.limits)
         spec = _spec.container_spec(
             self._runtime.deployment, user_id, self._image, limits, mesh_dir
@@ -174,6 +180,10 @@ class Supervisor:
                 if idle and not await self._has_work(user_id):
                     log.info("stopping the idle agent of %s", user_id)
                     await self._stop(user_id, forget=True)
+                elif not self._mesh.is_open(user_id):
+                    # Adopted after a restart: the container waits for its socket to return.
+                    await self._open_door(user_id)
+                    log.info("adopted the running agent of %s", user_id)
                 continue
             if self._may_restart(user_id, now):
                 log.warning(

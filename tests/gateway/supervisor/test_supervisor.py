@@ -195,3 +195,23 @@ async def test_containers_of_another_deployment_on_the_same_engine_are_left_alon
         assert stranger not in {c.user_id for c in await stack.runtime.agents()}
     finally:
         await other.remove(stranger)
+
+
+async def test_a_running_agent_gets_its_door_back_after_the_mesh_restarts(
+    stack: Stack, docker_engine: Any
+) -> None:
+    user = await stack.new_user()
+    await stack.say(user, "one")
+    await wake_all(stack)
+    await stack.wait_for_replies(1)
+    container_id = inspect(docker_engine, user)["Id"]
+
+    await stack.mesh.aclose()  # what a gateway restart does to the doors
+    assert not stack.mesh.is_open(user)
+    await stack.supervisor.reconcile()
+    assert stack.mesh.is_open(user)
+    assert inspect(docker_engine, user)["Id"] == container_id
+
+    await stack.say(user, "two")
+    replies = await stack.wait_for_replies(2)
+    assert replies[-1].conversation_id == f"chat-{user}"

@@ -1,0 +1,703 @@
+"""Benchmark of the agent pipeline on a real Docker engine: cold start, warm turns, idle memory.
+
+    .venv/bin/python bench/bench_agents.py [--users N] [--turns T] [--idle I]
+                                           [--only cold|warm|idle]
+
+Each phase assembles the real pieces, as `stockade up` does: a private redis-server
+(append-only file on), the Bus, the Mesh after `Mesh.warm()`, the Supervisor with a
+DockerRuntime on the engine DOCKER_HOST names (default settings, with room for every
+agent), the agent image from `ensure_image` (named stockade-test-agent, so the test
+suite's image and offline base are reused), and a fake OpenAI-compatible model on
+127.0.0.1 that answers at once. A message is driven as the router hands it on: the
+routed Inbound is published to the user's agent stream and to the wake stream, which the
+Supervisor's `run()` consumes; the time runs until the agent's reply is on the channel's
+out stream (read with XREAD BLOCK).
+
+  cold  N new users one after another: first message -> reply (target: median < 1.0 s),
+        with where the time goes (docker create/start, python start, model call, reply)
+  warm  T messages to one user whose agent already runs, one at a time, 0.1 s apart
+        (target: median < 20 ms), and how much of it is the LiteLLM call
+  idle  I users' agents started together, left idle after one answer, then each
+        container's memory from its cgroup (v1 memory.stat total_rss; the processes'
+        VmRSS summed) and the host's available memory before and after (target: the
+        median VmRSS sum < 25 MB per agent, and all I running at once)
+
+Every container and workspace volume it made is removed at the end, also on failure or
+Ctrl-C. Exits 1 when a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.metadata
+import logging
+import math
+import os
+import platform
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final
+
+import docker.errors
+import redis.asyncio as aioredis
+from pydantic import SecretStr
+
+from gateway.bus import WAKE_STREAM, Bus, agent_stream, out_stream
+from gateway.embedded_redis import embedded_redis
+from gateway.envelope import Inbound, Outbound, decode_outbound
+from gateway.errors import DependencyError
+from gateway.mesh import Mesh
+from gateway.policy import Identities
+from gateway.settings import (
+    BusSettings,
+    DockerSettings,
+    ImageSettings,
+    MeshSettings,
+    ModelSettings,
+    SupervisorSettings,
+)
+from gateway.supervisor import (
+    DockerRuntime,
+    Supervisor,
+    container_name,
+    deployment_id,
+    docker_client,
+    ensure_image,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fakes
+
+from tests.fakes.model_server import running_model_server
+
+TARGET_COLD_S: Final = 1.0
+TARGET_WARM_MS: Final = 20.0
+TARGET_IDLE_MB: Final = 25.0
+
+IMAGE: Final = ImageSettings(name="stockade-test-agent")
+CHANNEL: Final = "bench"
+DEPLOYMENT_LABEL: Final = "org.stockade.deployment"
+COLD_GAP_S: Final = 0.5
+"""Pause between two new users: the previous agent is back in its long poll."""
+TURN_GAP_S: Final = 0.1
+"""Pause between two warm turns: the agent waits in its long poll, as between real messages."""
+IDLE_SETTLE_S: Final = 5.0
+"""How long the idle agents sit after their last answer before their memory is read."""
+REPLY_TIMEOUT_S: Final = 120.0
+MB: Final = 1024 * 1024
+
+log = logging.getLogger("bench")
+
+
+def cut(samples: list[float], percent: int) -> float:
+    if len(samples) == 1:
+        return samples[0]
+    return statistics.quantiles(samples, n=100, method="inclusive")[percent - 1]
+
+
+def docker_time(text: str) -> float:
+    """Seconds since the epoch of an engine timestamp (RFC 3339, nanoseconds, UTC)."""
+    stamp = text.strip().replace("Z", "+00:00")
+    head, dot, rest = stamp.partition(".")
+    if dot:
+        digits = rest[: next((i for i, c in enumerate(rest) if not c.isdigit()), len(rest))]
+        stamp = f"{head}.{digits[:6].ljust(6, '0')}{rest[len(digits) :]}"
+    return datetime.fromisoformat(stamp).timestamp()
+
+
+# -- where the time goes ---------------------------------------------------------------
+
+
+@dataclass
+class Marks:
+    """Moments of each user's start and turns, taken from the engine calls and the logs."""
+
+    by_user: dict[str, dict[str, float]] = field(default_factory=lambda: defaultdict(dict))
+    model_calls: dict[str, list[tuple[float, float]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    """Per user: (when the mesh's LiteLLM call ended, how long it took)."""
+    lists: list[tuple[float, float]] = field(default_factory=list)
+    """Every `containers.list` of a supervisor pass: (when it ended, how long it took)."""
+
+    def once(self, user: str, name: str, when: float) -> None:
+        self.by_user[user].setdefault(name, when)
+
+
+class TimedContainer:
+    """A docker SDK container whose start is timed."""
+
+    def __init__(self, real: Any, user: str, marks: Marks) -> None:
+        self._real = real
+        self._user = user
+        self._marks = marks
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def start(self, **kwargs: Any) -> Any:
+        result = self._real.start(**kwargs)
+        self._marks.once(self._user, "started", time.time())
+        return result
+
+
+class TimedContainers:
+    """The SDK's `containers` collection, timing what the supervisor's passes ask of it."""
+
+    def __init__(self, real: Any, users: dict[str, str], marks: Marks) -> None:
+        self._real = real
+        self._users = users
+        self._marks = marks
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def create(self, **spec: Any) -> Any:
+        user = self._users.get(spec.get("name", ""), "?")
+        self._marks.once(user, "create", time.time())
+        container = self._real.create(**spec)
+        self._marks.once(user, "created", time.time())
+        return TimedContainer(container, user, self._marks)
+
+    def list(self, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        found = self._real.list(**kwargs)
+        self._marks.lists.append((time.time(), time.perf_counter() - started))
+        return found
+
+
+class TimedDocker:
+    """The docker SDK client handed to DockerRuntime; only container calls are timed."""
+
+    def __init__(self, real: Any, users: dict[str, str], marks: Marks) -> None:
+        self._real = real
+        self.containers = TimedContainers(real.containers, users, marks)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+class LogTap(logging.Handler):
+    """Keeps the mesh's model-call timings; shows the gateway's warnings on stderr."""
+
+    def __init__(self, marks: Marks) -> None:
+        super().__init__(logging.DEBUG)
+        self._marks = marks
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING:
+            print(f"  gateway {record.levelname}: {record.getMessage()}", file=sys.stderr)
+            return
+        # "model call for %s took %.3f s (...)", logged by the mesh after each LiteLLM call.
+        text = str(record.msg)
+        if text.startswith("model call for") and isinstance(record.args, tuple):
+            user, took = record.args[0], record.args[1]
+            self._marks.model_calls[str(user)].append((record.created, float(took)))
+
+
+@contextlib.contextmanager
+def tapped(marks: Marks) -> Any:
+    logger = logging.getLogger("stockade")
+    tap = LogTap(marks)
+    level = logger.level
+    logger.addHandler(tap)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        logger.removeHandler(tap)
+        logger.setLevel(level)
+
+
+# -- the pipeline ----------------------------------------------------------------------
+
+
+@dataclass
+class Pipeline:
+    client: aioredis.Redis
+    reader: aioredis.Redis
+    bus: Bus
+    mesh: Mesh
+    runtime: DockerRuntime
+    docker: Any
+    deployment: str
+    marks: Marks
+    names: dict[str, str]
+    """Container name -> user, for the users made here."""
+    last_out: str = "0-0"
+
+    async def new_user(self) -> str:
+        user = await Identities(self.client).resolve(CHANNEL, secrets.token_hex(6))
+        self.names[container_name(user)] = user
+        return user
+
+    async def say(self, user: str, text: str) -> Inbound:
+        """A routed message for `user`, handed on as the router does: agent stream, then wake."""
+        inbound = Inbound(
+            channel=CHANNEL,
+            event_id=secrets.token_hex(6),
+            sender_id=user,
+            conversation_id=f"chat-{user}",
+            text=text,
+            received_at=time.time(),
+            sender_name="Bench",
+            user_id=user,
+        )
+        await self.bus.publish(agent_stream(user), inbound)
+        await self.bus.publish(WAKE_STREAM, inbound)
+        return inbound
+
+    async def next_reply(self, deadline: float) -> tuple[Outbound, float]:
+        """The next entry of the out stream and when it was seen."""
+        stream = out_stream(CHANNEL)
+        while True:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                raise TimeoutError("no reply came in time")
+            found = await self.reader.xread({stream: self.last_out}, count=1, block=left_ms)
+            seen = time.time()
+            if found:
+                entry_id, fields = found[0][1][0]
+                self.last_out = entry_id.decode()
+                return decode_outbound(fields), seen
+
+    async def reply_to(self, inbound: Inbound) -> float:
+        """When the agent's final reply to `inbound` was seen on the out stream."""
+        deadline = time.monotonic() + REPLY_TIMEOUT_S
+        while True:
+            reply, seen = await self.next_reply(deadline)
+            if reply.reply_to == inbound.event_id and reply.user_id == inbound.user_id:
+                return seen
+            print(f"  (other outbound: {reply.text[:80]!r})", file=sys.stderr)
+
+    async def python_ready(self, user: str) -> float:
+        """When the agent runtime in `user`'s container logged that it started (engine time)."""
+
+        def first_line() -> float:
+            logs = self.docker.containers.get(container_name(user)).logs(timestamps=True)
+            for line in logs.decode(errors="replace").splitlines():
+                stamp, _, text = line.partition(" ")
+                if "agent runtime started" in text:
+                    return docker_time(stamp)
+            return math.nan
+
+        return await asyncio.to_thread(first_line)
+
+    async def remove_everything(self) -> None:
+        """Every container of this deployment and every workspace volume made here."""
+
+        def sweep() -> None:
+            label = f"{DEPLOYMENT_LABEL}={self.deployment}"
+            for container in self.docker.containers.list(all=True, filters={"label": label}):
+                # NotFound or "removal already in progress": gone either way.
+                with contextlib.suppress(docker.errors.APIError):
+                    container.remove(force=True)
+
+        await asyncio.to_thread(sweep)
+        # A create still running in a worker thread of a cancelled pass lands late.
+        await asyncio.sleep(2)
+        await asyncio.to_thread(sweep)
+        for user in self.names.values():
+            try:
+                await self.runtime.remove_workspace(user)
+            except DependencyError as exc:
+                print(f"  could not remove the workspace of {user}: {exc}", file=sys.stderr)
+
+
+@contextlib.asynccontextmanager
+async def pipeline(image: str, max_running: int) -> AsyncIterator[Pipeline]:
+    marks = Marks()
+    names: dict[str, str] = {}
+    real_docker = await asyncio.to_thread(docker_client, DockerSettings())
+    # A short directory: unix socket paths are limited to 107 bytes.
+    with tempfile.TemporaryDirectory(prefix="stk-ba-", dir="/tmp") as tmp, tapped(marks):
+        async with (
+            embedded_redis(Path(tmp) / "redis") as url,
+            running_model_server() as fake,
+        ):
+            client = aioredis.Redis.from_url(url)
+            reader = aioredis.Redis.from_url(url)
+            bus = Bus(client, BusSettings())
+            model = ModelSettings(api_base=fake.url, api_key=SecretStr("sk-bench"))
+            mesh = Mesh(bus, model, MeshSettings(), Path(tmp) / "mesh")
+            deployment = await deployment_id(client)
+            runtime = DockerRuntime(TimedDocker(real_docker, names, marks), deployment)
+            built = Pipeline(
+                client, reader, bus, mesh, runtime, real_docker, deployment, marks, names
+            )
+            supervisor = Supervisor(
+                client,
+                bus,
+                runtime,
+                mesh,
+                image,
+                SupervisorSettings(max_running=max_running),
+            )
+            task: asyncio.Task[None] | None = None
+            try:
+                # LiteLLM takes seconds to import: paid here, as `stockade up` does.
+                await mesh.warm()
+                task = asyncio.create_task(supervisor.run("bench-supervisor"))
+                # Let the wake consumer create its group and block on the stream.
+                await asyncio.sleep(0.5)
+                yield built
+            finally:
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                await built.remove_everything()
+                await mesh.aclose()
+                await reader.aclose()
+                await client.aclose()
+                await asyncio.to_thread(real_docker.close)
+
+
+# -- the phases --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    result: str
+    target: str
+    passed: bool | None
+    """None: reported, no target."""
+
+
+def ms(seconds: float) -> str:
+    return "?" if math.isnan(seconds) else f"{seconds * 1000:.0f}"
+
+
+async def cold(image: str, users: int) -> list[Figure]:
+    print(f"cold: {users} new users, one after another")
+    async with pipeline(image, max_running=users + 5) as p:
+        rows: list[dict[str, float]] = []
+        for i in range(users):
+            user = await p.new_user()
+            started = time.time()
+            inbound = await p.say(user, "hello, who are you?")
+            seen = await p.reply_to(inbound)
+            marks = p.marks.by_user[user]
+            calls = [c for c in p.marks.model_calls[user] if c[0] >= started]
+            model_end, model_took = calls[-1] if calls else (math.nan, math.nan)
+            create = marks.get("create", math.nan)
+            created = marks.get("created", math.nan)
+            running = marks.get("started", math.nan)
+            ready = await p.python_ready(user)
+            row = {
+                "total": seen - started,
+                "wake to create": create - started,
+                "create": created - create,
+                "start": running - created,
+                "python up": ready - running,
+                "to model call": model_end - model_took - ready,
+                "LiteLLM": model_took,
+                "to reply": seen - model_end,
+            }
+            rows.append(row)
+            print(
+                f"  user {i + 1:>3}: {row['total']:.3f} s  ("
+                + ", ".join(f"{k} {ms(v)}" for k, v in row.items() if k != "total")
+                + " ms)"
+            )
+            await asyncio.sleep(COLD_GAP_S)
+        totals = [r["total"] for r in rows]
+        print("  median of each part, ms:")
+        for part in rows[0]:
+            values = [r[part] for r in rows if not math.isnan(r[part])]
+            shown = f"{statistics.median(values) * 1000:8.1f}" if values else "       ?"
+            print(f"    {part:<14} {shown}")
+        median = statistics.median(totals)
+    return [
+        Figure(
+            f"cold start, new user -> reply (N={users})",
+            f"median {median:.3f} s, p90 {cut(totals, 90):.3f} s, max {max(totals):.3f} s "
+            f"(first user {totals[0]:.3f} s)",
+            f"median < {TARGET_COLD_S:.1f} s",
+            median < TARGET_COLD_S,
+        )
+    ]
+
+
+async def warm(image: str, turns: int) -> list[Figure]:
+    print(f"warm: {turns} turns to one running agent, {TURN_GAP_S:g} s apart")
+    async with pipeline(image, max_running=5) as p:
+        user = await p.new_user()
+        await p.reply_to(await p.say(user, "hello"))
+        await asyncio.sleep(1.0)
+        totals: list[float] = []
+        models: list[float] = []
+        lists_before = len(p.marks.lists)
+        for _ in range(turns):
+            started = time.time()
+            seen = await p.reply_to(await p.say(user, "what is two plus two?"))
+            totals.append((seen - started) * 1000)
+            calls = [c for c in p.marks.model_calls[user] if c[0] >= started]
+            if calls:
+                models.append(calls[-1][1] * 1000)
+            await asyncio.sleep(TURN_GAP_S)
+        lists = [took * 1000 for _, took in p.marks.lists[lists_before:]]
+    median = statistics.median(totals)
+    model = statistics.median(models) if models else math.nan
+    print(
+        f"  turn ms: p50 {median:.2f}, p95 {cut(totals, 95):.2f}, p99 {cut(totals, 99):.2f}, "
+        f"min {min(totals):.2f}, max {max(totals):.2f}"
+    )
+    print(
+        f"  of which the mesh's LiteLLM call (its own log), ms: p50 {model:.2f}, "
+        f"p95 {cut(models, 95) if models else math.nan:.2f}; the rest p50 {median - model:.2f}"
+    )
+    if len(models) >= 40:
+        # The agent's memory grows to its cap over the first turns; every call carries it.
+        print(
+            f"  LiteLLM p50 over the first 20 turns {statistics.median(models[:20]):.2f} ms, "
+            f"the last 20 {statistics.median(models[-20:]):.2f} ms"
+        )
+    if lists:
+        print(
+            f"  supervisor passes woken by these messages: {len(lists)}, "
+            f"docker containers.list p50 {statistics.median(lists):.1f} ms"
+        )
+    return [
+        Figure(
+            f"warm turn, message -> reply (N={turns})",
+            f"p50 {median:.2f} ms, p95 {cut(totals, 95):.2f} ms, p99 {cut(totals, 99):.2f} ms",
+            f"median < {TARGET_WARM_MS:.0f} ms",
+            median < TARGET_WARM_MS,
+        ),
+        Figure(
+            "  of which the LiteLLM call (in the mesh)",
+            f"p50 {model:.2f} ms ({model / median:.0%} of the median turn)",
+            "-",
+            None,
+        ),
+    ]
+
+
+# -- memory ------------------------------------------------------------------------------
+
+
+def meminfo() -> dict[str, int]:
+    values: dict[str, int] = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        values[name] = int(rest.split()[0]) * 1024
+    return values
+
+
+def status_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def pss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def parent(pid: int) -> int:
+    return status_kb(pid, "PPid") // 1024
+
+
+def cgroup_dir(container_id: str) -> Path:
+    for candidate in (
+        Path("/sys/fs/cgroup/memory/docker") / container_id,  # v1, cgroupfs driver
+        Path("/sys/fs/cgroup/memory/system.slice") / f"docker-{container_id}.scope",
+        Path("/sys/fs/cgroup/system.slice") / f"docker-{container_id}.scope",  # v2, systemd
+        Path("/sys/fs/cgroup/docker") / container_id,  # v2, cgroupfs
+    ):
+        if candidate.is_dir():
+            return candidate
+    raise RuntimeError(f"no memory cgroup found for container {container_id[:12]}")
+
+
+@dataclass(frozen=True)
+class AgentMemory:
+    usage: int
+    """memory.usage_in_bytes (v1) or memory.current (v2): all the cgroup is charged."""
+    rss: int
+    """Anonymous memory of the container: memory.stat total_rss (v1) or anon (v2)."""
+    cache: int
+    vmrss: int
+    """VmRSS of every process in the container, summed (shared file pages counted in each)."""
+    pss: int
+    processes: int
+    shim_pss: int
+    """Pss of the engine's containerd-shim for this container: host memory outside it."""
+
+
+def agent_memory(container_id: str) -> AgentMemory:
+    directory = cgroup_dir(container_id)
+    stat: dict[str, int] = {}
+    for line in (directory / "memory.stat").read_text().splitlines():
+        key, _, value = line.partition(" ")
+        stat[key] = int(value)
+    if (directory / "memory.usage_in_bytes").exists():
+        usage = int((directory / "memory.usage_in_bytes").read_text())
+        rss, cache = stat["total_rss"], stat["total_cache"]
+    else:
+        usage = int((directory / "memory.current").read_text())
+        rss, cache = stat["anon"], stat["file"]
+    pids = [int(p) for p in (directory / "cgroup.procs").read_text().split()]
+    shims = {parent(pid) for pid in pids} - set(pids)
+    return AgentMemory(
+        usage=usage,
+        rss=rss,
+        cache=cache,
+        vmrss=sum(status_kb(pid, "VmRSS") for pid in pids),
+        pss=sum(pss(pid) for pid in pids),
+        processes=len(pids),
+        shim_pss=sum(pss(pid) for pid in shims),
+    )
+
+
+async def idle(image: str, count: int) -> list[Figure]:
+    print(f"idle: {count} agents started together, then left idle")
+    async with pipeline(image, max_running=count + 5) as p:
+        before = meminfo()
+        own_before = status_kb(os.getpid(), "VmRSS")
+        users = [await p.new_user() for _ in range(count)]
+        started = time.monotonic()
+        asked = {(await p.say(user, "hello")).event_id: user for user in users}
+        deadline = time.monotonic() + max(REPLY_TIMEOUT_S, 10.0 * count)
+        while asked:
+            reply, _ = await p.next_reply(deadline)
+            asked.pop(reply.reply_to or "", None)
+        print(f"  all {count} answered {time.monotonic() - started:.1f} s after the messages")
+        await asyncio.sleep(IDLE_SETTLE_S)
+        agents = [a for a in await p.runtime.agents() if a.user_id in set(users)]
+        listed = time.perf_counter()
+        await p.runtime.agents()
+        list_ms = (time.perf_counter() - listed) * 1000
+        running = sum(1 for a in agents if a.running)
+        memory = await asyncio.to_thread(
+            lambda: [agent_memory(a.container_id) for a in agents if a.running]
+        )
+        after = meminfo()
+        own_after = status_kb(os.getpid(), "VmRSS")
+    available = (before["MemAvailable"] - after["MemAvailable"]) / MB
+    free = (before["MemFree"] - after["MemFree"]) / MB
+
+    def mb(values: list[int]) -> str:
+        return f"median {statistics.median(values) / MB:.1f} MB, max {max(values) / MB:.1f} MB"
+
+    print(f"  running at once: {running} of {count} (all processes: {memory[0].processes} each)")
+    print(f"  per agent, VmRSS of its processes summed: {mb([m.vmrss for m in memory])}")
+    print(f"  per agent, Pss of its processes summed:   {mb([m.pss for m in memory])}")
+    print(f"  per agent, cgroup total_rss (anon):       {mb([m.rss for m in memory])}")
+    print(f"  per agent, cgroup page cache:             {mb([m.cache for m in memory])}")
+    print(f"  per agent, cgroup usage_in_bytes:         {mb([m.usage for m in memory])}")
+    print(f"  per agent, containerd-shim Pss (host):    {mb([m.shim_pss for m in memory])}")
+    print(
+        f"  host MemAvailable {before['MemAvailable'] / MB:.0f} -> "
+        f"{after['MemAvailable'] / MB:.0f} MB ({available:.0f} MB, {available / count:.1f} MB "
+        f"per agent); MemFree down {free:.0f} MB (the machine is shared: other runs move these)"
+    )
+    print(
+        f"  the gateway process: VmRSS {own_before / MB:.0f} -> {own_after / MB:.0f} MB "
+        f"({(own_after - own_before) / MB / count:.2f} MB per open door)"
+    )
+    print(f"  a supervisor pass's containers.list with {len(agents)} agents: {list_ms:.0f} ms")
+    vmrss = statistics.median([m.vmrss for m in memory]) / MB
+    return [
+        Figure(
+            "idle agent memory (VmRSS of its processes)",
+            f"{mb([m.vmrss for m in memory])}",
+            f"median < {TARGET_IDLE_MB:.0f} MB",
+            vmrss < TARGET_IDLE_MB,
+        ),
+        Figure(
+            "  cgroup total_rss (anonymous) per agent",
+            f"{mb([m.rss for m in memory])}",
+            "-",
+            None,
+        ),
+        Figure(
+            f"idle agents running at once (of {count})",
+            f"{running}",
+            f"all {count}",
+            running == count,
+        ),
+        Figure(
+            "  host MemAvailable used per agent",
+            f"{available / count:.1f} MB ({available:.0f} MB for {count})",
+            "-",
+            None,
+        ),
+    ]
+
+
+# -- the report --------------------------------------------------------------------------
+
+
+async def measure(options: argparse.Namespace) -> tuple[list[Figure], dict[str, str]]:
+    print("checking the agent image (a first build takes about a minute)")
+    with tempfile.TemporaryDirectory(prefix="stk-bi-", dir="/tmp") as data:
+        image = await ensure_image(IMAGE, DockerSettings(), Path(data))
+    docker = await asyncio.to_thread(docker_client, DockerSettings())
+    try:
+        engine = await asyncio.to_thread(docker.version)
+    finally:
+        await asyncio.to_thread(docker.close)
+    versions = {
+        "image": image,
+        "engine": f"Docker engine {engine.get('Version', '?')} ({engine.get('Os', '?')})",
+    }
+    phases: dict[str, Callable[[], Any]] = {
+        "cold": lambda: cold(image, options.users),
+        "warm": lambda: warm(image, options.turns),
+        "idle": lambda: idle(image, options.idle),
+    }
+    figures: list[Figure] = []
+    for name, phase in phases.items():
+        if options.only in (None, name):
+            figures.extend(await phase())
+    return figures, versions
+
+
+def main(options: argparse.Namespace) -> int:
+    figures, versions = asyncio.run(measure(options))
+    memory = meminfo()["MemTotal"] / MB / 1024
+    print()
+    print(
+        f"Python {platform.python_version()}, {versions['engine']}, kernel "
+        f"{platform.release()}, LiteLLM {importlib.metadata.version('litellm')}, "
+        f"{os.cpu_count()} CPUs, {memory:.1f} GB, {time.strftime('%Y-%m-%d %H:%M %Z')}"
+    )
+    print(f"agent image {versions['image']}, fake model answering at once, on loopback")
+    print(f"{'figure':<46} {'result':<62} {'target':<16} verdict")
+    for f in figures:
+        verdict = "-" if f.passed is None else ("PASS" if f.passed else "FAIL")
+        print(f"{f.name:<46} {f.result:<62} {f.target:<16} {verdict}")
+    missed = [f.name.strip() for f in figures if f.passed is False]
+    if missed:
+        print(f"FAIL: {', '.join(missed)}")
+        return 1
+    print("OK: every target met")
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--users", type=int, default=10, help="new users for the cold start")
+    parser.add_argument("--turns", type=int, default=200, help="warm turns")
+    parser.add_argument("--idle", type=int, default=100, metavar="N", help="idle agents")
+    parser.add_argument("--only", choices=("cold", "warm", "idle"))
+    options = parser.parse_args()
+    if options.users < 1 or options.turns < 1 or options.idle < 1:
+        parser.error("--users, --turns and --idle must be positive")
+    sys.exit(main(options))

@@ -1,0 +1,283 @@
+"""Benchmark of the mesh's cost per chat completion, against a fake model that answers at once.
+
+    .venv/bin/python bench/bench_mesh.py [--calls N] [--warmup W]
+
+Three ways to the same fake OpenAI-compatible model on 127.0.0.1 (named as the default
+model, openai/gpt-4o-mini, so LiteLLM prices it as it would a real one), run N times
+each, interleaved (the order rotates every round, so drift and position hit all alike):
+
+  fake        the agent's request body POSTed straight to the fake over HTTP, no LiteLLM
+  litellm     `litellm.acompletion` -> fake, with the arguments the mesh passes
+  mesh        the agent's own client (agents._client.MeshClient, a fresh connection per
+              request, as in the container) -> the mesh's unix socket -> LiteLLM -> fake
+
+The gateway side (a private redis-server, the real Bus and Mesh after `Mesh.warm()`, and
+the fake model) runs in this process, as `stockade up` runs it. The two agent-side
+clients run in a second process, as the agent would, and time themselves; LiteLLM is
+timed in this process. Every request carries what the agent sends on a turn: its system
+prompt, one user message and its tool schemas. The first W calls of each way are
+reported apart and left out of the percentiles. There is no target: it explains how much
+of a warm turn (bench/bench_agents.py) is the model call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import http.client
+import importlib.metadata
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from pydantic import SecretStr
+
+from agents._client import MeshClient
+from agents._loop import SYSTEM_PROMPT
+from agents._tools import SCHEMAS
+from gateway.bus import Bus
+from gateway.embedded_redis import embedded_redis
+from gateway.mesh import SOCKET_NAME, Mesh
+from gateway.settings import BusSettings, MeshSettings, ModelSettings
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fakes
+
+from tests.fakes.model_server import running_model_server
+
+MODEL: Final = ModelSettings().name
+"""The configured default, pointed at the fake: LiteLLM knows its price, as for a real model."""
+USER: Final = "u0bench0mesh00"
+WAYS: Final = ("mesh", "litellm", "fake")
+"""The mesh first: its first call is the first model call after `Mesh.warm()`, as in service."""
+READY_LINE: Final = "ready"
+
+
+def agent_body() -> dict[str, Any]:
+    """What the agent POSTs for the first step of a turn (its memory empty)."""
+    return {
+        "messages": [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": "hello, how are you today?"},
+        ],
+        "tools": SCHEMAS,
+    }
+
+
+# -- the agent-side process ------------------------------------------------------------
+
+
+def post_to_fake(api_base: str, body: bytes) -> None:
+    """One POST to the fake on a fresh connection, as plain as HTTP gets."""
+    url = urlsplit(api_base)
+    connection = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=30)
+    try:
+        connection.request(
+            "POST",
+            f"{url.path}/chat/completions",
+            body=body,
+            headers={"Content-Type": "application/json", "Authorization": "Bearer k"},
+        )
+        response = connection.getresponse()
+        raw = response.read()
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise RuntimeError(f"the fake answered {response.status}: {raw[:200]!r}")
+
+
+def client_main(socket_path: str, api_base: str, max_tokens: int) -> None:
+    """Reads one way's name per line, makes that call, answers with the seconds it took."""
+    client = MeshClient(socket_path, give_up_s=5.0)
+    body = agent_body()
+    # What LiteLLM sends the provider for the same turn.
+    raw = json.dumps({"model": MODEL.split("/", 1)[1], **body, "max_tokens": max_tokens}).encode()
+    print(READY_LINE, flush=True)
+    for line in sys.stdin:
+        way = line.strip()
+        started = time.perf_counter()
+        if way == "mesh":
+            client.chat(body)
+        elif way == "fake":
+            post_to_fake(api_base, raw)
+        else:
+            raise SystemExit(f"unknown way {way!r}")
+        print(repr(time.perf_counter() - started), flush=True)
+
+
+# -- the gateway-side process ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    way: str
+    first_ms: float
+    samples_ms: list[float]
+
+    def cut(self, percent: int) -> float:
+        return statistics.quantiles(self.samples_ms, n=100, method="inclusive")[percent - 1]
+
+
+class AgentProcess:
+    """The second process: one call per request, its own timing back."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self._proc = proc
+
+    @classmethod
+    async def start(cls, socket_path: Path, api_base: str, max_tokens: int) -> AgentProcess:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            __file__,
+            "--client",
+            str(socket_path),
+            api_base,
+            str(max_tokens),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        agent = cls(proc)
+        line = await agent._line()
+        if line != READY_LINE:
+            raise RuntimeError(f"the client process did not start: {line!r}")
+        return agent
+
+    async def _line(self) -> str:
+        assert self._proc.stdout is not None
+        raw = await asyncio.wait_for(self._proc.stdout.readline(), timeout=60)
+        if not raw:
+            raise RuntimeError(f"the client process ended (exit {await self._proc.wait()})")
+        return raw.decode().strip()
+
+    async def call(self, way: str) -> float:
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(f"{way}\n".encode())
+        await self._proc.stdin.drain()
+        return float(await self._line())
+
+    async def aclose(self) -> None:
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()
+        try:
+            async with asyncio.timeout(10):
+                await self._proc.wait()
+        except TimeoutError:
+            self._proc.kill()
+            await self._proc.wait()
+
+
+async def measure(calls: int, warmup: int) -> tuple[list[Row], str]:
+    # A short directory: unix socket paths are limited to 107 bytes.
+    with tempfile.TemporaryDirectory(prefix="stk-bm-", dir="/tmp") as tmp:
+        async with (
+            embedded_redis(Path(tmp) / "redis", appendonly=False) as url,
+            running_model_server() as fake,
+        ):
+            client = aioredis.Redis.from_url(url)
+            settings = ModelSettings(name=MODEL, api_base=fake.url, api_key=SecretStr("k"))
+            mesh = Mesh(Bus(client, BusSettings()), settings, MeshSettings(), Path(tmp) / "m")
+            agent: AgentProcess | None = None
+            try:
+                await mesh.warm()
+                # Loaded by warm() (which also keeps LiteLLM's cost map local): a cache hit.
+                import litellm
+
+                directory = await mesh.open(USER)
+                agent = await AgentProcess.start(
+                    directory / SOCKET_NAME, fake.url, settings.max_tokens
+                )
+                body = agent_body()
+
+                async def direct() -> float:
+                    # The arguments gateway/mesh/_model.py passes, with the cap the mesh adds.
+                    started = time.perf_counter()
+                    await litellm.acompletion(
+                        model=MODEL,
+                        api_base=fake.url,
+                        api_key="k",
+                        timeout=settings.timeout_s,
+                        max_retries=0,
+                        _skip_mcp_handler=True,
+                        max_tokens=settings.max_tokens,
+                        **body,
+                    )
+                    return time.perf_counter() - started
+
+                assert agent is not None
+                runner = agent
+                how: dict[str, Callable[[], Awaitable[float]]] = {
+                    "fake": lambda: runner.call("fake"),
+                    "litellm": direct,
+                    "mesh": lambda: runner.call("mesh"),
+                }
+                samples: dict[str, list[float]] = {way: [] for way in WAYS}
+                for i in range(warmup + calls):
+                    shift = i % len(WAYS)
+                    for way in WAYS[shift:] + WAYS[:shift]:
+                        samples[way].append(await how[way]() * 1000)
+                version = importlib.metadata.version("litellm")
+            finally:
+                if agent is not None:
+                    await agent.aclose()
+                await mesh.aclose()
+                await client.aclose()
+    rows = [Row(way, samples[way][0], samples[way][warmup:]) for way in WAYS]
+    return rows, version
+
+
+def main(calls: int, warmup: int) -> int:
+    rows, litellm_version = asyncio.run(measure(calls, warmup))
+    import aiohttp
+
+    print(
+        f"Python {platform.python_version()}, LiteLLM {litellm_version}, "
+        f"aiohttp {aiohttp.__version__}, {platform.system()} {platform.release()}, "
+        f"{platform.machine()}, {time.strftime('%Y-%m-%d %H:%M %Z')}"
+    )
+    print(f"{calls} calls per way, interleaved, after {warmup} warm-up calls each")
+    names = {
+        "fake": "agent -> fake over HTTP (no LiteLLM)",
+        "litellm": "LiteLLM -> fake",
+        "mesh": "agent -> mesh socket -> LiteLLM -> fake",
+    }
+    print(f"{'way':<42} {'first ms':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
+    for r in rows:
+        print(
+            f"{names[r.way]:<42} {r.first_ms:>9.2f} {r.cut(50):>8.2f} {r.cut(95):>8.2f} "
+            f"{r.cut(99):>8.2f} {statistics.fmean(r.samples_ms):>8.2f}"
+        )
+    by_way = {r.way: r for r in rows}
+    print(
+        f"LiteLLM's own cost (p50, LiteLLM - plain HTTP): "
+        f"{by_way['litellm'].cut(50) - by_way['fake'].cut(50):.2f} ms"
+    )
+    print(
+        f"the mesh's cost (p50, mesh - LiteLLM): "
+        f"{by_way['mesh'].cut(50) - by_way['litellm'].cut(50):.2f} ms"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--client", nargs=3, help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.client:
+        socket_path, api_base, max_tokens = options.client
+        with contextlib.suppress(BrokenPipeError, KeyboardInterrupt):
+            client_main(socket_path, api_base, int(max_tokens))
+        sys.exit(0)
+    if options.calls < 2 or options.warmup < 1:
+        parser.error("--calls must be 2 or more and --warmup 1 or more")
+    sys.exit(main(options.calls, options.warmup))
