@@ -81,6 +81,22 @@ class Outbound:
         object.__setattr__(self, "extras", _freeze(self.extras))
 
 
+def reply(inbound: Inbound, text: str, suffix: str, user_id: str = "") -> Outbound:
+    """A reply in the conversation and thread of `inbound`, keyed for idempotent sends.
+
+    `suffix` tells apart several replies to one message ("cmd", "final", "r1", …).
+    """
+    return Outbound(
+        channel=inbound.channel,
+        conversation_id=inbound.conversation_id,
+        text=text,
+        outbound_id=f"{inbound.dedupe_key}:{suffix}",
+        reply_to=inbound.event_id,
+        thread_id=inbound.thread_id,
+        user_id=user_id or inbound.user_id,
+    )
+
+
 Envelope = Inbound | Outbound
 
 _INBOUND_STR: Final = (

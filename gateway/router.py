@@ -15,26 +15,13 @@ from typing import Final
 
 from gateway.bus import IN_STREAM, WAKE_STREAM, Bus, Delivery, agent_stream, out_stream
 from gateway.commands import CommandContext, Registry
-from gateway.envelope import Envelope, Inbound, Outbound
+from gateway.envelope import Envelope, Inbound, reply
 from gateway.errors import EnvelopeError
 from gateway.policy import Identities
 
 ROUTER_GROUP: Final = "router"
 
 log = logging.getLogger("stockade.router")
-
-
-def reply_to(inbound: Inbound, text: str, suffix: str) -> Outbound:
-    """An answer in the conversation the message came from, keyed for idempotent sends."""
-    return Outbound(
-        channel=inbound.channel,
-        conversation_id=inbound.conversation_id,
-        text=text,
-        outbound_id=f"{inbound.dedupe_key}:{suffix}",
-        reply_to=inbound.event_id,
-        thread_id=inbound.thread_id,
-        user_id=inbound.user_id,
-    )
 
 
 class Router:
@@ -54,7 +41,7 @@ class Router:
         if invocation is not None:
             context = CommandContext(inbound=inbound, user_id=user_id, registry=self._commands)
             answer = await self._commands.run(invocation, context)
-            targets = [(out_stream(inbound.channel), reply_to(inbound, answer, "cmd"))]
+            targets = [(out_stream(inbound.channel), reply(inbound, answer, "cmd"))]
             log.info("command /%s from %s", invocation.name, user_id)
         else:
             targets = [(agent_stream(user_id), inbound), (WAKE_STREAM, inbound)]

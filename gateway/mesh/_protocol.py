@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from gateway.envelope import Inbound, Outbound
+from gateway.envelope import Inbound
 from gateway.errors import StockadeError
 from gateway.sanitize import sanitize
 
@@ -161,19 +161,6 @@ def reply_text(raw: str, max_chars: int) -> str:
         return text
     note = CUT_NOTE.format(limit=max_chars)
     return text[: max(0, max_chars - len(note))] + note
-
-
-def reply_envelope(inbound: Inbound, user_id: str, text: str, suffix: str) -> Outbound:
-    """A reply in the conversation and thread of `inbound`; the agent chooses neither."""
-    return Outbound(
-        channel=inbound.channel,
-        conversation_id=inbound.conversation_id,
-        text=text,
-        outbound_id=f"{inbound.dedupe_key}:{suffix}",
-        reply_to=inbound.event_id,
-        thread_id=inbound.thread_id,
-        user_id=user_id,
-    )
 
 
 # -- POST /v1/chat/completions ---------------------------------------------------------

@@ -18,7 +18,7 @@ from aiohttp import web
 from redis.exceptions import ResponseError
 
 from gateway.bus import Bus, Delivery, agent_stream, out_stream
-from gateway.envelope import Inbound
+from gateway.envelope import Inbound, reply
 from gateway.errors import RedisUnavailable, StaleDelivery
 from gateway.mesh._model import Model
 from gateway.mesh._protocol import (
@@ -29,7 +29,6 @@ from gateway.mesh._protocol import (
     parse_json,
     parse_reply,
     parse_wait,
-    reply_envelope,
     reply_text,
 )
 from gateway.settings import MeshSettings
@@ -252,18 +251,18 @@ class Door:
     # -- POST /v1/reply ----------------------------------------------------------------
 
     async def _reply(self, request: web.Request) -> web.Response:
-        reply = parse_reply(await self._body(request))
-        turn = self._turns.get(reply.message_id)
+        request_body = parse_reply(await self._body(request))
+        turn = self._turns.get(request_body.message_id)
         if turn is None:
             raise Rejected(404, "unknown_message", "no open message has this id")
-        text = reply_text(reply.text, self._settings.max_reply_chars)
+        text = reply_text(request_body.text, self._settings.max_reply_chars)
         stream = out_stream(turn.inbound.channel)
         sent = bool(text.strip())
-        if reply.final:
-            self._turns.pop(reply.message_id, None)
+        if request_body.final:
+            self._turns.pop(request_body.message_id, None)
             try:
                 if sent:
-                    envelope = reply_envelope(turn.inbound, self.user_id, text, "final")
+                    envelope = reply(turn.inbound, text, "final", self.user_id)
                     # The reply and the ack in one step: the turn is done exactly once.
                     await self._bus.forward(turn.delivery, stream, envelope)
                 else:
@@ -273,17 +272,17 @@ class Door:
                     404, "unknown_message", "this message was already finished"
                 ) from None
             except BaseException:
-                self._turns.setdefault(reply.message_id, turn)
+                self._turns.setdefault(request_body.message_id, turn)
                 raise
         elif sent:
             turn.replies += 1
-            envelope = reply_envelope(turn.inbound, self.user_id, text, f"r{turn.replies}")
+            envelope = reply(turn.inbound, text, f"r{turn.replies}", self.user_id)
             await self._bus.publish(stream, envelope, dedupe=envelope.outbound_id)
         log.info(
             "reply from %s to %s (final=%s, sent=%s, %d chars)",
             self.user_id,
-            reply.message_id,
-            reply.final,
+            request_body.message_id,
+            request_body.final,
             sent,
             len(text),
         )

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.envelope import Inbound
+from gateway.envelope import Inbound, reply
 from gateway.mesh._protocol import (
     ProviderFailed,
     Rejected,
@@ -17,7 +17,6 @@ from gateway.mesh._protocol import (
     parse_json,
     parse_reply,
     parse_wait,
-    reply_envelope,
     reply_text,
 )
 
@@ -209,7 +208,7 @@ def test_reply_envelope_takes_the_conversation_from_the_inbound() -> None:
         thread_id="t-3",
         user_id="u1",
     )
-    out = reply_envelope(inbound, "u1", "hello", "final")
+    out = reply(inbound, "hello", "final", "u1")
     assert (out.channel, out.conversation_id, out.thread_id, out.reply_to) == (
         "telegram",
         "chat-9",
