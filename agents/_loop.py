@@ -9,6 +9,7 @@ turn never stops the loop.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -207,6 +208,20 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
+_PR_SET_DUMPABLE = 4
+
+
+def _undumpable() -> None:
+    """Keep the other processes of this container (the tools' commands, which run as the
+    same user) from ptrace-attaching to the runtime or reading its /proc/<pid>/mem."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_DUMPABLE) failed: errno %d", ctypes.get_errno())
+    except (OSError, AttributeError) as exc:
+        log.warning("cannot make the runtime undumpable: %s", exc)
+
+
 def main() -> int:
     logging.basicConfig(
         level=logging.INFO,
@@ -214,6 +229,7 @@ def main() -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     signal.signal(signal.SIGTERM, _terminate)
+    _undumpable()
     socket_path = os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
     workspace = Path(os.environ.get(WORKSPACE_ENV) or DEFAULT_WORKSPACE)
     if not workspace.is_dir():

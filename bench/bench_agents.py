@@ -20,7 +20,10 @@ out stream (read with XREAD BLOCK).
   idle  I users' agents started together, left idle after one answer, then each
         container's memory from its cgroup (v1 memory.stat total_rss; the processes'
         VmRSS summed) and the host's available memory before and after (target: the
-        median VmRSS sum < 25 MB per agent, and all I running at once)
+        median VmRSS sum < 25 MB per agent, and all I running at once), and whether
+        one more new user still gets a reply while they idle
+
+Each phase also prints the gateway's event-loop lag and any warning it logged.
 
 Every container and workspace volume it made is removed at the end, also on failure or
 Ctrl-C. Exits 1 when a target is missed.
@@ -55,7 +58,7 @@ from pydantic import SecretStr
 from gateway.bus import WAKE_STREAM, Bus, agent_stream, out_stream
 from gateway.embedded_redis import embedded_redis
 from gateway.envelope import Inbound, Outbound, decode_outbound
-from gateway.errors import DependencyError
+from gateway.errors import DependencyError, RedisUnavailable
 from gateway.mesh import Mesh
 from gateway.policy import Identities
 from gateway.settings import (
@@ -93,7 +96,16 @@ TURN_GAP_S: Final = 0.1
 IDLE_SETTLE_S: Final = 5.0
 """How long the idle agents sit after their last answer before their memory is read."""
 REPLY_TIMEOUT_S: Final = 120.0
+PROBE_TIMEOUT_S: Final = 30.0
 MB: Final = 1024 * 1024
+REDIS_STARTUP: Final = (
+    "Redis is starting",
+    "Redis version=",
+    "Configuration loaded",
+    "Server initialized",
+    "Memory overcommit must be enabled",
+)
+"""Lines redis-server logs at every start, even at loglevel warning; anything else is shown."""
 
 log = logging.getLogger("bench")
 
@@ -128,6 +140,10 @@ class Marks:
     """Per user: (when the mesh's LiteLLM call ended, how long it took)."""
     lists: list[tuple[float, float]] = field(default_factory=list)
     """Every `containers.list` of a supervisor pass: (when it ended, how long it took)."""
+    complaints: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    """The gateway's warnings and errors, by their text (shown once, then counted)."""
+    lags: list[float] = field(default_factory=list)
+    """How late the gateway's event loop woke a 50 ms sleep, again and again."""
 
     def once(self, user: str, name: str, when: float) -> None:
         self.by_user[user].setdefault(name, when)
@@ -195,13 +211,28 @@ class LogTap(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.levelno >= logging.WARNING:
-            print(f"  gateway {record.levelname}: {record.getMessage()}", file=sys.stderr)
+            error = record.exc_info[1] if record.exc_info else None
+            why = f" ({type(error).__name__}: {error})" if error is not None else ""
+            text = f"{record.levelname} {record.msg}{why}"
+            if not self._marks.complaints[text]:
+                print(f"  gateway {record.levelname}: {record.getMessage()}{why}", file=sys.stderr)
+            self._marks.complaints[text] += 1
             return
         # "model call for %s took %.3f s (...)", logged by the mesh after each LiteLLM call.
         text = str(record.msg)
         if text.startswith("model call for") and isinstance(record.args, tuple):
             user, took = record.args[0], record.args[1]
-            self._marks.model_calls[str(user)].append((record.created, float(took)))
+            if isinstance(took, float):
+                self._marks.model_calls[str(user)].append((record.created, took))
+
+
+async def watch_loop(lags: list[float]) -> None:
+    """Records how late the event loop runs a task: the wait every request there adds."""
+    loop = asyncio.get_running_loop()
+    while True:
+        before = loop.time()
+        await asyncio.sleep(0.05)
+        lags.append(loop.time() - before - 0.05)
 
 
 @contextlib.contextmanager
@@ -263,7 +294,9 @@ class Pipeline:
             left_ms = int((deadline - time.monotonic()) * 1000)
             if left_ms <= 0:
                 raise TimeoutError("no reply came in time")
-            found = await self.reader.xread({stream: self.last_out}, count=1, block=left_ms)
+            # Short blocks: redis-py gives up on a read after 5 s by default.
+            block_ms = min(left_ms, 1000)
+            found: Any = await self.reader.xread({stream: self.last_out}, count=1, block=block_ms)
             seen = time.time()
             if found:
                 entry_id, fields = found[0][1][0]
@@ -292,25 +325,47 @@ class Pipeline:
 
         return await asyncio.to_thread(first_line)
 
+    def health(self) -> str:
+        """How the gateway fared: its event loop's lag and the warnings it logged."""
+        lags = [lag * 1000 for lag in self.marks.lags]
+        lag = (
+            f"gateway event loop lag p50 {statistics.median(lags):.1f} ms, "
+            f"p99 {cut(lags, 99):.1f} ms, max {max(lags):.0f} ms"
+            if lags
+            else "gateway event loop lag not measured"
+        )
+        complaints = sum(self.marks.complaints.values())
+        return f"{lag}; {complaints} warnings or errors logged by the gateway"
+
     async def remove_everything(self) -> None:
         """Every container of this deployment and every workspace volume made here."""
 
-        def sweep() -> None:
+        def sweep() -> int:
             label = f"{DEPLOYMENT_LABEL}={self.deployment}"
-            for container in self.docker.containers.list(all=True, filters={"label": label}):
+            found = self.docker.containers.list(all=True, filters={"label": label})
+            for container in found:
                 # NotFound or "removal already in progress": gone either way.
                 with contextlib.suppress(docker.errors.APIError):
                     container.remove(force=True)
+            return len(found)
 
-        await asyncio.to_thread(sweep)
+        removed = await asyncio.to_thread(sweep)
         # A create still running in a worker thread of a cancelled pass lands late.
         await asyncio.sleep(2)
-        await asyncio.to_thread(sweep)
+        removed += await asyncio.to_thread(sweep)
+        volumes = 0
         for user in self.names.values():
             try:
                 await self.runtime.remove_workspace(user)
+                volumes += 1
             except DependencyError as exc:
                 print(f"  could not remove the workspace of {user}: {exc}", file=sys.stderr)
+        left = await asyncio.to_thread(sweep)
+        print(
+            f"  cleaned up: {removed} containers of deployment {self.deployment} and "
+            f"the workspace volumes of {volumes} users"
+            + (f"; {left} containers came back" if left else "")
+        )
 
 
 @contextlib.asynccontextmanager
@@ -342,20 +397,24 @@ async def pipeline(image: str, max_running: int) -> AsyncIterator[Pipeline]:
                 image,
                 SupervisorSettings(max_running=max_running),
             )
-            task: asyncio.Task[None] | None = None
+            tasks: list[asyncio.Task[None]] = []
             try:
                 # LiteLLM takes seconds to import: paid here, as `stockade up` does.
                 await mesh.warm()
-                task = asyncio.create_task(supervisor.run("bench-supervisor"))
+                tasks.append(asyncio.create_task(supervisor.run("bench-supervisor")))
+                tasks.append(asyncio.create_task(watch_loop(marks.lags)))
                 # Let the wake consumer create its group and block on the stream.
                 await asyncio.sleep(0.5)
                 yield built
             finally:
-                if task is not None:
+                for task in tasks:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
                 await built.remove_everything()
+                for line in (Path(tmp) / "redis" / "redis.log").read_text().splitlines():
+                    if line.strip() and not any(usual in line for usual in REDIS_STARTUP):
+                        print(f"  redis-server: {line}", file=sys.stderr)
                 await mesh.aclose()
                 await reader.aclose()
                 await client.aclose()
@@ -418,6 +477,7 @@ async def cold(image: str, users: int) -> list[Figure]:
             shown = f"{statistics.median(values) * 1000:8.1f}" if values else "       ?"
             print(f"    {part:<14} {shown}")
         median = statistics.median(totals)
+        print(f"  {p.health()}")
     return [
         Figure(
             f"cold start, new user -> reply (N={users})",
@@ -447,27 +507,28 @@ async def warm(image: str, turns: int) -> list[Figure]:
                 models.append(calls[-1][1] * 1000)
             await asyncio.sleep(TURN_GAP_S)
         lists = [took * 1000 for _, took in p.marks.lists[lists_before:]]
-    median = statistics.median(totals)
-    model = statistics.median(models) if models else math.nan
-    print(
-        f"  turn ms: p50 {median:.2f}, p95 {cut(totals, 95):.2f}, p99 {cut(totals, 99):.2f}, "
-        f"min {min(totals):.2f}, max {max(totals):.2f}"
-    )
-    print(
-        f"  of which the mesh's LiteLLM call (its own log), ms: p50 {model:.2f}, "
-        f"p95 {cut(models, 95) if models else math.nan:.2f}; the rest p50 {median - model:.2f}"
-    )
-    if len(models) >= 40:
-        # The agent's memory grows to its cap over the first turns; every call carries it.
+        median = statistics.median(totals)
+        model = statistics.median(models) if models else math.nan
         print(
-            f"  LiteLLM p50 over the first 20 turns {statistics.median(models[:20]):.2f} ms, "
-            f"the last 20 {statistics.median(models[-20:]):.2f} ms"
+            f"  turn ms: p50 {median:.2f}, p95 {cut(totals, 95):.2f}, p99 {cut(totals, 99):.2f}, "
+            f"min {min(totals):.2f}, max {max(totals):.2f}"
         )
-    if lists:
         print(
-            f"  supervisor passes woken by these messages: {len(lists)}, "
-            f"docker containers.list p50 {statistics.median(lists):.1f} ms"
+            f"  of which the mesh's LiteLLM call (its own log), ms: p50 {model:.2f}, "
+            f"p95 {cut(models, 95) if models else math.nan:.2f}; the rest p50 {median - model:.2f}"
         )
+        if len(models) >= 40:
+            # The agent's memory grows to its cap over the first turns; every call carries it.
+            print(
+                f"  LiteLLM p50 over the first 20 turns {statistics.median(models[:20]):.2f} ms, "
+                f"the last 20 {statistics.median(models[-20:]):.2f} ms"
+            )
+        if lists:
+            print(
+                f"  supervisor passes woken by these messages: {len(lists)}, "
+                f"docker containers.list p50 {statistics.median(lists):.1f} ms"
+            )
+        print(f"  {p.health()}")
     return [
         Figure(
             f"warm turn, message -> reply (N={turns})",
@@ -565,6 +626,24 @@ def agent_memory(container_id: str) -> AgentMemory:
     )
 
 
+async def new_user_reply(p: Pipeline) -> str:
+    """How long one more new user waits for a first reply, or why none came."""
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            user = await p.new_user()
+            started = time.time()
+            seen = await p.reply_to(await p.say(user, "hello"))
+    except TimeoutError:
+        return f"no reply within {PROBE_TIMEOUT_S:.0f} s"
+    except RedisUnavailable as exc:
+        return f"failed: {exc}"
+    return f"{seen - started:.3f} s"
+
+
+def mb(values: list[int]) -> str:
+    return f"median {statistics.median(values) / MB:.1f} MB, max {max(values) / MB:.1f} MB"
+
+
 async def idle(image: str, count: int) -> list[Figure]:
     print(f"idle: {count} agents started together, then left idle")
     async with pipeline(image, max_running=count + 5) as p:
@@ -587,31 +666,34 @@ async def idle(image: str, count: int) -> list[Figure]:
         memory = await asyncio.to_thread(
             lambda: [agent_memory(a.container_id) for a in agents if a.running]
         )
+        if not memory:
+            raise RuntimeError("none of the idle agents is running")
         after = meminfo()
         own_after = status_kb(os.getpid(), "VmRSS")
-    available = (before["MemAvailable"] - after["MemAvailable"]) / MB
-    free = (before["MemFree"] - after["MemFree"]) / MB
+        available = (before["MemAvailable"] - after["MemAvailable"]) / MB
+        free = (before["MemFree"] - after["MemFree"]) / MB
 
-    def mb(values: list[int]) -> str:
-        return f"median {statistics.median(values) / MB:.1f} MB, max {max(values) / MB:.1f} MB"
-
-    print(f"  running at once: {running} of {count} (all processes: {memory[0].processes} each)")
-    print(f"  per agent, VmRSS of its processes summed: {mb([m.vmrss for m in memory])}")
-    print(f"  per agent, Pss of its processes summed:   {mb([m.pss for m in memory])}")
-    print(f"  per agent, cgroup total_rss (anon):       {mb([m.rss for m in memory])}")
-    print(f"  per agent, cgroup page cache:             {mb([m.cache for m in memory])}")
-    print(f"  per agent, cgroup usage_in_bytes:         {mb([m.usage for m in memory])}")
-    print(f"  per agent, containerd-shim Pss (host):    {mb([m.shim_pss for m in memory])}")
-    print(
-        f"  host MemAvailable {before['MemAvailable'] / MB:.0f} -> "
-        f"{after['MemAvailable'] / MB:.0f} MB ({available:.0f} MB, {available / count:.1f} MB "
-        f"per agent); MemFree down {free:.0f} MB (the machine is shared: other runs move these)"
-    )
-    print(
-        f"  the gateway process: VmRSS {own_before / MB:.0f} -> {own_after / MB:.0f} MB "
-        f"({(own_after - own_before) / MB / count:.2f} MB per open door)"
-    )
-    print(f"  a supervisor pass's containers.list with {len(agents)} agents: {list_ms:.0f} ms")
+        print(
+            f"  running at once: {running} of {count} (all processes: {memory[0].processes} each)"
+        )
+        print(f"  per agent, VmRSS of its processes summed: {mb([m.vmrss for m in memory])}")
+        print(f"  per agent, Pss of its processes summed:   {mb([m.pss for m in memory])}")
+        print(f"  per agent, cgroup total_rss (anon):       {mb([m.rss for m in memory])}")
+        print(f"  per agent, cgroup page cache:             {mb([m.cache for m in memory])}")
+        print(f"  per agent, cgroup usage_in_bytes:         {mb([m.usage for m in memory])}")
+        print(f"  per agent, containerd-shim Pss (host):    {mb([m.shim_pss for m in memory])}")
+        print(
+            f"  host MemAvailable {before['MemAvailable'] / MB:.0f} -> "
+            f"{after['MemAvailable'] / MB:.0f} MB ({available:.0f} MB, {available / count:.1f} MB "
+            f"per agent); MemFree down {free:.0f} MB (the machine is shared: other runs move these)"
+        )
+        # The first phase in a process also pays LiteLLM's first-call imports here.
+        print(f"  the gateway process: VmRSS {own_before / MB:.0f} -> {own_after / MB:.0f} MB")
+        print(f"  a supervisor pass's containers.list with {len(agents)} agents: {list_ms:.0f} ms")
+        served = await new_user_reply(p)
+        print(f"  a new user's first message -> reply with {count} agents idle: {served}")
+        print(f"  {p.health()}")
+        complaints = sum(p.marks.complaints.values())
     vmrss = statistics.median([m.vmrss for m in memory]) / MB
     return [
         Figure(
@@ -631,6 +713,18 @@ async def idle(image: str, count: int) -> list[Figure]:
             f"{running}",
             f"all {count}",
             running == count,
+        ),
+        Figure(
+            f"  a new user's first reply, {count} agents idle",
+            served,
+            "-",
+            None,
+        ),
+        Figure(
+            "  warnings or errors the gateway logged",
+            f"{complaints} (see above)" if complaints else "none",
+            "-",
+            None,
         ),
         Figure(
             "  host MemAvailable used per agent",

@@ -3,21 +3,24 @@
     .venv/bin/python bench/bench_mesh.py [--calls N] [--warmup W]
 
 Three ways to the same fake OpenAI-compatible model on 127.0.0.1 (named as the default
-model, openai/gpt-4o-mini, so LiteLLM prices it as it would a real one), run N times
-each, interleaved (the order rotates every round, so drift and position hit all alike):
+model, openai/gpt-4o-mini, so LiteLLM prices it as it would a real one), each N times
+with each of two request bodies, all interleaved (the order rotates every round, so
+drift and position hit every way alike):
 
   fake        the agent's request body POSTed straight to the fake over HTTP, no LiteLLM
   litellm     `litellm.acompletion` -> fake, with the arguments the mesh passes
   mesh        the agent's own client (agents._client.MeshClient, a fresh connection per
               request, as in the container) -> the mesh's unix socket -> LiteLLM -> fake
 
-The gateway side (a private redis-server, the real Bus and Mesh after `Mesh.warm()`, and
-the fake model) runs in this process, as `stockade up` runs it. The two agent-side
-clients run in a second process, as the agent would, and time themselves; LiteLLM is
-timed in this process. Every request carries what the agent sends on a turn: its system
-prompt, one user message and its tool schemas. The first W calls of each way are
-reported apart and left out of the percentiles. There is no target: it explains how much
-of a warm turn (bench/bench_agents.py) is the model call.
+The bodies are what the agent sends: its system prompt, its tool schemas and either
+one user message (a first turn) or the most its memory keeps plus the new message (a
+warm turn of a running conversation). The gateway side (a private redis-server, the real
+Bus and Mesh after `Mesh.warm()`, and the fake) runs in this process, as `stockade up`
+runs it. The agent-side clients run in a second process, as the agent would, and time
+themselves; LiteLLM is timed in this process. The first W rounds are reported apart
+(the first call of all is the first model call after `warm()`) and left out of the
+percentiles. There is no target: it shows how much of a warm turn
+(bench/bench_agents.py) is the model call and where that time goes.
 """
 
 from __future__ import annotations
@@ -39,11 +42,13 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+import aiohttp
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
 from agents._client import MeshClient
 from agents._loop import SYSTEM_PROMPT
+from agents._memory import MAX_MESSAGES
 from agents._tools import SCHEMAS
 from gateway.bus import Bus
 from gateway.embedded_redis import embedded_redis
@@ -52,21 +57,35 @@ from gateway.settings import BusSettings, MeshSettings, ModelSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fakes
 
-from tests.fakes.model_server import running_model_server
+from tests.fakes.model_server import DEFAULT_TEXT, running_model_server
 
 MODEL: Final = ModelSettings().name
 """The configured default, pointed at the fake: LiteLLM knows its price, as for a real model."""
 USER: Final = "u0bench0mesh00"
 WAYS: Final = ("mesh", "litellm", "fake")
 """The mesh first: its first call is the first model call after `Mesh.warm()`, as in service."""
+BODIES: Final = ("first", "full")
 READY_LINE: Final = "ready"
+NAMES: Final = {
+    "fake": "agent -> fake over HTTP (no LiteLLM)",
+    "litellm": "LiteLLM -> fake",
+    "mesh": "agent -> mesh socket -> LiteLLM -> fake",
+}
 
 
-def agent_body() -> dict[str, Any]:
-    """What the agent POSTs for the first step of a turn (its memory empty)."""
+def agent_body(kind: str) -> dict[str, Any]:
+    """What the agent POSTs for the first step of a turn: memory empty ("first") or full."""
+    remembered: list[dict[str, Any]] = []
+    if kind == "full":
+        for i in range(MAX_MESSAGES):
+            if i % 2 == 0:
+                remembered.append({"role": "user", "content": "what is two plus two?"})
+            else:
+                remembered.append({"role": "assistant", "content": DEFAULT_TEXT})
     return {
         "messages": [
             {"role": "system", "content": SYSTEM_PROMPT},
+            *remembered,
             {"role": "user", "content": "hello, how are you today?"},
         ],
         "tools": SCHEMAS,
@@ -96,19 +115,23 @@ def post_to_fake(api_base: str, body: bytes) -> None:
 
 
 def client_main(socket_path: str, api_base: str, max_tokens: int) -> None:
-    """Reads one way's name per line, makes that call, answers with the seconds it took."""
+    """Reads "<way> <body>" per line, makes that call, answers with the seconds it took."""
     client = MeshClient(socket_path, give_up_s=5.0)
-    body = agent_body()
+    bodies = {kind: agent_body(kind) for kind in BODIES}
     # What LiteLLM sends the provider for the same turn.
-    raw = json.dumps({"model": MODEL.split("/", 1)[1], **body, "max_tokens": max_tokens}).encode()
+    provider = MODEL.split("/", 1)[1]
+    raw = {
+        kind: json.dumps({"model": provider, **body, "max_tokens": max_tokens}).encode()
+        for kind, body in bodies.items()
+    }
     print(READY_LINE, flush=True)
     for line in sys.stdin:
-        way = line.strip()
+        way, kind = line.split()
         started = time.perf_counter()
         if way == "mesh":
-            client.chat(body)
+            client.chat(bodies[kind])
         elif way == "fake":
-            post_to_fake(api_base, raw)
+            post_to_fake(api_base, raw[kind])
         else:
             raise SystemExit(f"unknown way {way!r}")
         print(repr(time.perf_counter() - started), flush=True)
@@ -120,6 +143,7 @@ def client_main(socket_path: str, api_base: str, max_tokens: int) -> None:
 @dataclass(frozen=True)
 class Row:
     way: str
+    body: str
     first_ms: float
     samples_ms: list[float]
 
@@ -158,9 +182,9 @@ class AgentProcess:
             raise RuntimeError(f"the client process ended (exit {await self._proc.wait()})")
         return raw.decode().strip()
 
-    async def call(self, way: str) -> float:
+    async def call(self, way: str, body: str) -> float:
         assert self._proc.stdin is not None
-        self._proc.stdin.write(f"{way}\n".encode())
+        self._proc.stdin.write(f"{way} {body}\n".encode())
         await self._proc.stdin.drain()
         return float(await self._line())
 
@@ -175,7 +199,7 @@ class AgentProcess:
             await self._proc.wait()
 
 
-async def measure(calls: int, warmup: int) -> tuple[list[Row], str]:
+async def measure(calls: int, warmup: int) -> list[Row]:
     # A short directory: unix socket paths are limited to 107 bytes.
     with tempfile.TemporaryDirectory(prefix="stk-bm-", dir="/tmp") as tmp:
         async with (
@@ -195,9 +219,10 @@ async def measure(calls: int, warmup: int) -> tuple[list[Row], str]:
                 agent = await AgentProcess.start(
                     directory / SOCKET_NAME, fake.url, settings.max_tokens
                 )
-                body = agent_body()
+                runner = agent
+                bodies = {kind: agent_body(kind) for kind in BODIES}
 
-                async def direct() -> float:
+                async def direct(kind: str) -> float:
                     # The arguments gateway/mesh/_model.py passes, with the cap the mesh adds.
                     started = time.perf_counter()
                     await litellm.acompletion(
@@ -208,69 +233,67 @@ async def measure(calls: int, warmup: int) -> tuple[list[Row], str]:
                         max_retries=0,
                         _skip_mcp_handler=True,
                         max_tokens=settings.max_tokens,
-                        **body,
+                        **bodies[kind],
                     )
                     return time.perf_counter() - started
 
-                assert agent is not None
-                runner = agent
-                how: dict[str, Callable[[], Awaitable[float]]] = {
-                    "fake": lambda: runner.call("fake"),
+                how: dict[str, Callable[[str], Awaitable[float]]] = {
+                    "mesh": lambda kind: runner.call("mesh", kind),
                     "litellm": direct,
-                    "mesh": lambda: runner.call("mesh"),
+                    "fake": lambda kind: runner.call("fake", kind),
                 }
-                samples: dict[str, list[float]] = {way: [] for way in WAYS}
+                pairs = [(way, kind) for kind in BODIES for way in WAYS]
+                samples: dict[tuple[str, str], list[float]] = {pair: [] for pair in pairs}
                 for i in range(warmup + calls):
-                    shift = i % len(WAYS)
-                    for way in WAYS[shift:] + WAYS[:shift]:
-                        samples[way].append(await how[way]() * 1000)
-                version = importlib.metadata.version("litellm")
+                    shift = i % len(pairs)
+                    for way, kind in pairs[shift:] + pairs[:shift]:
+                        samples[way, kind].append(await how[way](kind) * 1000)
             finally:
                 if agent is not None:
                     await agent.aclose()
                 await mesh.aclose()
                 await client.aclose()
-    rows = [Row(way, samples[way][0], samples[way][warmup:]) for way in WAYS]
-    return rows, version
+    return [
+        Row(way, kind, samples[way, kind][0], samples[way, kind][warmup:]) for way, kind in pairs
+    ]
 
 
 def main(calls: int, warmup: int) -> int:
-    rows, litellm_version = asyncio.run(measure(calls, warmup))
-    import aiohttp
-
+    rows = asyncio.run(measure(calls, warmup))
     print(
-        f"Python {platform.python_version()}, LiteLLM {litellm_version}, "
-        f"aiohttp {aiohttp.__version__}, {platform.system()} {platform.release()}, "
-        f"{platform.machine()}, {time.strftime('%Y-%m-%d %H:%M %Z')}"
+        f"Python {platform.python_version()}, LiteLLM {importlib.metadata.version('litellm')}, "
+        f"openai {importlib.metadata.version('openai')}, aiohttp {aiohttp.__version__}, "
+        f"{platform.system()} {platform.release()}, {platform.machine()}, "
+        f"{time.strftime('%Y-%m-%d %H:%M %Z')}"
     )
-    print(f"{calls} calls per way, interleaved, after {warmup} warm-up calls each")
-    names = {
-        "fake": "agent -> fake over HTTP (no LiteLLM)",
-        "litellm": "LiteLLM -> fake",
-        "mesh": "agent -> mesh socket -> LiteLLM -> fake",
-    }
-    print(f"{'way':<42} {'first ms':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
-    for r in rows:
+    print(f"{calls} calls per way and body, interleaved, after {warmup} warm-up rounds")
+    sizes = {kind: len(agent_body(kind)["messages"]) for kind in BODIES}
+    for kind in BODIES:
+        print(f"{kind} turn: {sizes[kind]} messages with the system prompt, {len(SCHEMAS)} tools")
         print(
-            f"{names[r.way]:<42} {r.first_ms:>9.2f} {r.cut(50):>8.2f} {r.cut(95):>8.2f} "
-            f"{r.cut(99):>8.2f} {statistics.fmean(r.samples_ms):>8.2f}"
+            f"  {'way':<42} {'first ms':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+            f"{'mean ms':>8}"
         )
-    by_way = {r.way: r for r in rows}
-    print(
-        f"LiteLLM's own cost (p50, LiteLLM - plain HTTP): "
-        f"{by_way['litellm'].cut(50) - by_way['fake'].cut(50):.2f} ms"
-    )
-    print(
-        f"the mesh's cost (p50, mesh - LiteLLM): "
-        f"{by_way['mesh'].cut(50) - by_way['litellm'].cut(50):.2f} ms"
-    )
+        by_way = {r.way: r for r in rows if r.body == kind}
+        for way in WAYS:
+            r = by_way[way]
+            print(
+                f"  {NAMES[way]:<42} {r.first_ms:>9.2f} {r.cut(50):>8.2f} {r.cut(95):>8.2f} "
+                f"{r.cut(99):>8.2f} {statistics.fmean(r.samples_ms):>8.2f}"
+            )
+        print(
+            f"  LiteLLM's own cost (p50, LiteLLM - plain HTTP): "
+            f"{by_way['litellm'].cut(50) - by_way['fake'].cut(50):.2f} ms; "
+            f"the mesh's (p50, mesh - LiteLLM): "
+            f"{by_way['mesh'].cut(50) - by_way['litellm'].cut(50):.2f} ms"
+        )
     return 0
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--calls", type=int, default=1000)
-    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--client", nargs=3, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.client:

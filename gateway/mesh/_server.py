@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import stat
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,7 +136,11 @@ class Door:
         await runner.setup()
         try:
             await web.UnixSite(runner, str(self.path)).start()
-            # The directory (0700, handed to the agent's uid) guards the socket.
+            # The agent (another uid) must be able to connect. chmod follows symlinks, so
+            # it runs only on the socket we just bound; the agent sees this directory
+            # through a read-only mount and cannot swap anything in.
+            if not stat.S_ISSOCK(self.path.lstat().st_mode):
+                raise OSError(f"{self.path} is not the socket just bound")
             self.path.chmod(0o666)
         except BaseException:
             await runner.cleanup()

@@ -70,12 +70,16 @@ def container_spec(
         "pids_limit": limits.pids,
         # No interface but loopback: no egress, no DNS, no path to Redis or other agents.
         "network_mode": "none",
+        # Nothing of the host's resolver configuration inside; there is no route anyway.
+        "dns": ["127.0.0.1"],
         "ipc_mode": "private",
         "init": True,
         "privileged": False,
         "volumes": {
             volume_name(user_id): {"bind": WORKSPACE, "mode": "rw"},
-            str(mesh_dir): {"bind": MESH_MOUNT, "mode": "rw"},
+            # Read-only: the agent connects to its socket but can create, swap or
+            # remove nothing beside it (a root process on the host binds there).
+            str(mesh_dir): {"bind": MESH_MOUNT, "mode": "ro"},
         },
         "environment": {
             "AGENT_MESH_SOCKET": MESH_SOCKET,

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -27,7 +26,6 @@ from gateway.errors import EnvelopeError, StockadeError
 from gateway.mesh import AGENT_GROUP
 from gateway.settings import SupervisorSettings
 from gateway.supervisor import _spec
-from gateway.supervisor._context import AGENT_UID
 from gateway.supervisor._runtime import AgentContainer, Runtime
 
 WAKE_GROUP: Final = "supervisor"
@@ -118,8 +116,9 @@ class Supervisor:
 
     async def _open_door(self, user_id: str) -> Path:
         mesh_dir = await self._mesh.open(user_id)
-        # The agent runs as "nobody" and must be able to reach its own socket, and only it.
-        os.chown(mesh_dir, AGENT_UID, AGENT_UID)
+        # Root's, and mounted read-only: the agent ("nobody") may enter it and connect to
+        # its socket, never write there. The directory above stays closed to others.
+        mesh_dir.chmod(0o755)
         return mesh_dir
 
     async def _start(self, user_id: str) -> None:
