@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -106,8 +106,6 @@ REDIS_STARTUP: Final = (
     "Memory overcommit must be enabled",
 )
 """Lines redis-server logs at every start, even at loglevel warning; anything else is shown."""
-
-log = logging.getLogger("bench")
 
 
 def cut(samples: list[float], percent: int) -> float:
@@ -236,7 +234,8 @@ async def watch_loop(lags: list[float]) -> None:
 
 
 @contextlib.contextmanager
-def tapped(marks: Marks) -> Any:
+def tapped(marks: Marks) -> Iterator[None]:
+    """The gateway's log records reach `marks` for the block; its level is DEBUG meanwhile."""
     logger = logging.getLogger("stockade")
     tap = LogTap(marks)
     level = logger.level
@@ -313,14 +312,25 @@ class Pipeline:
             print(f"  (other outbound: {reply.text[:80]!r})", file=sys.stderr)
 
     async def python_ready(self, user: str) -> float:
-        """When the agent runtime in `user`'s container logged that it started (engine time)."""
+        """When the agent runtime in `user`'s container logged that it started.
+
+        The agent's own timestamp (milliseconds, UTC in the image) is used: the engine's
+        stamps the line when it reads it, a few milliseconds later. The engine's is the
+        fallback when the two disagree by seconds (another time zone in the image).
+        """
 
         def first_line() -> float:
             logs = self.docker.containers.get(container_name(user)).logs(timestamps=True)
             for line in logs.decode(errors="replace").splitlines():
                 stamp, _, text = line.partition(" ")
                 if "agent runtime started" in text:
-                    return docker_time(stamp)
+                    engine = docker_time(stamp)
+                    try:
+                        # logging's default asctime: "2026-01-31 12:00:00,123"
+                        own = datetime.strptime(text[:23] + "+0000", "%Y-%m-%d %H:%M:%S,%f%z")
+                    except ValueError:
+                        return engine
+                    return own.timestamp() if abs(own.timestamp() - engine) < 2 else engine
             return math.nan
 
         return await asyncio.to_thread(first_line)
@@ -538,7 +548,9 @@ async def warm(image: str, turns: int) -> list[Figure]:
         ),
         Figure(
             "  of which the LiteLLM call (in the mesh)",
-            f"p50 {model:.2f} ms ({model / median:.0%} of the median turn)",
+            f"p50 {model:.2f} ms ({model / median:.0%} of the median turn)"
+            if models
+            else "not found in the mesh's debug log",
             "-",
             None,
         ),
@@ -748,6 +760,7 @@ async def measure(options: argparse.Namespace) -> tuple[list[Figure], dict[str, 
     finally:
         await asyncio.to_thread(docker.close)
     versions = {
+        "load": f"{os.getloadavg()[0]:.2f}",
         "image": image,
         "engine": f"Docker engine {engine.get('Version', '?')} ({engine.get('Os', '?')})",
     }
@@ -773,6 +786,10 @@ def main(options: argparse.Namespace) -> int:
         f"{os.cpu_count()} CPUs, {memory:.1f} GB, {time.strftime('%Y-%m-%d %H:%M %Z')}"
     )
     print(f"agent image {versions['image']}, fake model answering at once, on loopback")
+    print(
+        f"load average (1 min) {versions['load']} at the start, {os.getloadavg()[0]:.2f} at the "
+        "end: the machine may be shared, and other work there moves these figures"
+    )
     print(f"{'figure':<46} {'result':<62} {'target':<16} verdict")
     for f in figures:
         verdict = "-" if f.passed is None else ("PASS" if f.passed else "FAIL")
@@ -794,4 +811,9 @@ if __name__ == "__main__":
     options = parser.parse_args()
     if options.users < 1 or options.turns < 1 or options.idle < 1:
         parser.error("--users, --turns and --idle must be positive")
-    sys.exit(main(options))
+    try:
+        sys.exit(main(options))
+    except KeyboardInterrupt:
+        # asyncio.run has cancelled the phase, whose cleanup ran and reported above.
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

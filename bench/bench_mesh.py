@@ -31,6 +31,7 @@ import contextlib
 import http.client
 import importlib.metadata
 import json
+import os
 import platform
 import statistics
 import sys
@@ -259,6 +260,7 @@ async def measure(calls: int, warmup: int) -> list[Row]:
 
 
 def main(calls: int, warmup: int) -> int:
+    load = os.getloadavg()[0]
     rows = asyncio.run(measure(calls, warmup))
     print(
         f"Python {platform.python_version()}, LiteLLM {importlib.metadata.version('litellm')}, "
@@ -266,7 +268,10 @@ def main(calls: int, warmup: int) -> int:
         f"{platform.system()} {platform.release()}, {platform.machine()}, "
         f"{time.strftime('%Y-%m-%d %H:%M %Z')}"
     )
-    print(f"{calls} calls per way and body, interleaved, after {warmup} warm-up rounds")
+    print(
+        f"{calls} calls per way and body, interleaved, after {warmup} warm-up rounds; load "
+        f"average (1 min) {load:.2f} at the start, {os.getloadavg()[0]:.2f} at the end"
+    )
     sizes = {kind: len(agent_body(kind)["messages"]) for kind in BODIES}
     for kind in BODIES:
         print(f"{kind} turn: {sizes[kind]} messages with the system prompt, {len(SCHEMAS)} tools")

@@ -4,6 +4,7 @@ the private Redis, a real agent container on Docker, and a fake model on loopbac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -82,15 +83,18 @@ async def gateway(agent_image: str) -> AsyncIterator[Gateway]:
 
 async def remove_agents(gateway: Gateway) -> None:
     import docker
+    import docker.errors
 
     client = docker.from_env()
     try:
         user_ids = gateway.redis().hvals("stockade:identity")
     except redis.exceptions.ConnectionError:
         user_ids = []
-    for container in client.containers.list(all=True, filters={"label": "org.stockade.role=agent"}):
-        if container.labels.get("org.stockade.user", "").encode() in user_ids:
-            container.remove(force=True)
+    # The raw listing: other runs on this engine may remove their containers meanwhile.
+    for entry in client.api.containers(all=True, filters={"label": "org.stockade.role=agent"}):
+        if (entry.get("Labels") or {}).get("org.stockade.user", "").encode() in user_ids:
+            with contextlib.suppress(docker.errors.NotFound):
+                client.api.remove_container(entry["Id"], force=True)
     client.close()
 
 
@@ -160,11 +164,15 @@ async def test_two_console_users_get_two_containers_that_cannot_see_each_other(
 
     client = docker.from_env()
     try:
-        ours = client.containers.list(filters={"label": "org.stockade.role=agent"})
         users = gateway.redis().hvals("stockade:identity")
-        mine = [c for c in ours if c.labels["org.stockade.user"].encode() in users]
+        listed = client.api.containers(filters={"label": "org.stockade.role=agent"})
+        mine = [
+            client.api.inspect_container(entry["Id"])
+            for entry in listed
+            if entry["Labels"]["org.stockade.user"].encode() in users
+        ]
         assert len(mine) == 2
-        volumes = {m.get("Name") for c in mine for m in c.attrs["Mounts"] if m["Type"] == "volume"}
+        volumes = {m.get("Name") for c in mine for m in c["Mounts"] if m["Type"] == "volume"}
         assert len(volumes) == 2
     finally:
         client.close()

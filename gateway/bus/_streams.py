@@ -45,7 +45,6 @@ _BACKOFF_MIN_S: Final = 0.05
 _BACKOFF_MAX_S: Final = 2.0
 _LAG_COUNT_CAP: Final = 100_000
 _EMPTY_ID: Final = "0-0"
-_NO_LIMIT_MS: Final = 2**31
 _SEND_MAX: Final = 256
 """Most publishes sent in one script call: a longer call would hold up Redis."""
 
@@ -170,6 +169,9 @@ class _RedisErrors:
 
 
 _redis_errors: Final = _RedisErrors()
+# redis-py times socket reads out after 5 s when a client sets no socket_timeout
+# (a client from from_url does not), so that is the bound for a blocking read.
+_REDIS_PY_DEFAULT_TIMEOUT_S: Final = 5.0
 
 
 class Bus:
@@ -190,8 +192,11 @@ class Bus:
         self._claim_every_s = settings.claim_idle_ms / 2000
         # A blocking read must return before the client's socket timeout (redis-py
         # defaults to 5 s), or a quiet stream would look like a lost connection.
-        timeout_s = client.connection_pool.connection_kwargs.get("socket_timeout")
-        self._max_block_ms = max(1, int(timeout_s * 800)) if timeout_s else _NO_LIMIT_MS
+        timeout_s = (
+            client.connection_pool.connection_kwargs.get("socket_timeout")
+            or _REDIS_PY_DEFAULT_TIMEOUT_S
+        )
+        self._max_block_ms = max(1, int(timeout_s * 800))
         # Per (stream, group, consumer): progress through the consumer's own PEL,
         # which is re-read once before anything else; then where XAUTOCLAIM goes on.
         self._own_done: set[tuple[str, str, str]] = set()

@@ -114,8 +114,13 @@ class DockerRuntime:
         return None if container is None else _describe(container)
 
     async def agents(self) -> list[AgentContainer]:
-        found = await self._call(
-            self._client.containers.list,
+        import docker.errors
+
+        # One listing call; the SDK's containers.list would inspect every container in
+        # turn (hundreds of ms with a hundred agents), which the reconcile loop can't pay.
+        # Only stopped containers are inspected, for their exit code and OOM flag.
+        listed = await self._call(
+            self._client.api.containers,
             all=True,
             filters={
                 "label": [
@@ -124,7 +129,27 @@ class DockerRuntime:
                 ]
             },
         )
-        return [_describe(container) for container in found]
+        found: list[AgentContainer] = []
+        for entry in listed:
+            labels = entry.get("Labels") or {}
+            if entry.get("State") == "running":
+                found.append(
+                    AgentContainer(
+                        user_id=labels.get(_spec.LABEL_USER, ""),
+                        container_id=entry["Id"],
+                        running=True,
+                        exit_code=0,
+                        oom_killed=False,
+                        finished_at="",
+                    )
+                )
+                continue
+            try:
+                container = await self._call(self._client.containers.get, entry["Id"])
+            except docker.errors.NotFound:
+                continue  # removed since the listing
+            found.append(_describe(container))
+        return found
 
     async def remove_workspace(self, user_id: str) -> None:
         import docker.errors

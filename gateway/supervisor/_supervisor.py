@@ -205,6 +205,8 @@ class Supervisor:
     async def _reconcile_forever(self) -> None:
         while True:
             raise_if_cancelling()
+            # Cleared before the pass: a wake arriving during it triggers the next one.
+            self._kick.clear()
             try:
                 await self.reconcile()
             except StockadeError as exc:
@@ -212,7 +214,6 @@ class Supervisor:
             except Exception:
                 # A task boundary: a failed pass is logged and the next one tries again.
                 log.exception("supervisor pass failed")
-            self._kick.clear()
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
             # cancellation that arrives as the timeout fires, and shutdown then hangs.
             with contextlib.suppress(TimeoutError):
