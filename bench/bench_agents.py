@@ -55,6 +55,7 @@ import docker.errors
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
+from gateway.app import redis_pool_size
 from gateway.bus import WAKE_STREAM, Bus, agent_stream, out_stream
 from gateway.embedded_redis import embedded_redis
 from gateway.envelope import Inbound, Outbound, decode_outbound
@@ -389,7 +390,8 @@ async def pipeline(image: str, max_running: int) -> AsyncIterator[Pipeline]:
             embedded_redis(Path(tmp) / "redis") as url,
             running_model_server() as fake,
         ):
-            client = aioredis.Redis.from_url(url)
+            # Sized as `stockade up` sizes it: each running agent's long poll holds one.
+            client = aioredis.Redis.from_url(url, max_connections=redis_pool_size(max_running))
             reader = aioredis.Redis.from_url(url)
             bus = Bus(client, BusSettings())
             model = ModelSettings(api_base=fake.url, api_key=SecretStr("sk-bench"))

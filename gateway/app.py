@@ -53,9 +53,9 @@ async def _ping(client: aioredis.Redis, where: str) -> None:
         raise RedisUnavailable(f"Redis at {where} did not answer") from None
 
 
-def _pool_size(settings: Settings) -> int:
+def redis_pool_size(max_running: int) -> int:
     """Connections one process may open: every running agent's long poll holds one."""
-    return settings.supervisor.max_running + 100
+    return max_running + 100
 
 
 @contextlib.asynccontextmanager
@@ -68,7 +68,9 @@ async def redis_client(
     otherwise it must already be running.
     """
     if settings.redis.url is not None:
-        client = aioredis.Redis.from_url(settings.redis.url, max_connections=_pool_size(settings))
+        client = aioredis.Redis.from_url(
+            settings.redis.url, max_connections=redis_pool_size(settings.supervisor.max_running)
+        )
         try:
             await _ping(client, redacted(settings.redis.url))
             yield client
@@ -79,7 +81,9 @@ async def redis_client(
     if start_embedded:
         async with embedded_redis.embedded_redis(data_dir) as url:
             log.info("started a private redis-server in %s", data_dir)
-            client = aioredis.Redis.from_url(url, max_connections=_pool_size(settings))
+            client = aioredis.Redis.from_url(
+                url, max_connections=redis_pool_size(settings.supervisor.max_running)
+            )
             try:
                 yield client
             finally:
@@ -90,7 +94,9 @@ async def redis_client(
         raise DependencyError(
             f"no running Stockade found (no socket at {sock}); start it with `stockade up`"
         )
-    client = aioredis.Redis.from_url(f"unix://{sock}", max_connections=_pool_size(settings))
+    client = aioredis.Redis.from_url(
+        f"unix://{sock}", max_connections=redis_pool_size(settings.supervisor.max_running)
+    )
     try:
         await _ping(client, str(sock))
         yield client
