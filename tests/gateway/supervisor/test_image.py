@@ -30,7 +30,7 @@ from gateway.supervisor import (
 )
 from gateway.supervisor._context import build_context
 from gateway.supervisor._rootfs import mounts_under, remove_leftovers, strip_rootfs
-from tests.services import TEST_IMAGE, require
+from tests.services import TEST_IMAGE, missing, require
 
 REPO = Path(__file__).resolve().parents[3]
 AGENTS_DIR = REPO / "agents"
@@ -231,7 +231,7 @@ async def test_a_failing_debootstrap_reports_the_end_of_its_log(
 ) -> None:
     require("debootstrap", "debootstrap")
     if os.geteuid() != 0:
-        pytest.skip("debootstrap runs as root only")
+        missing("debootstrap runs as root only")
     # An empty file: mirror fails at once, without sending anything anywhere.
     (tmp_path / "mirror").mkdir()
     settings = ImageSettings(
@@ -488,7 +488,7 @@ def test_a_leftover_rootfs_is_unmounted_before_it_is_deleted(tmp_path: Path) -> 
     # What a SIGKILLed debootstrap leaves: a mount inside the target. Deleting through
     # it would delete whatever is mounted there.
     if os.geteuid() != 0:
-        pytest.skip("mounting needs root")
+        missing("mounting needs root")
     proc = tmp_path / "work" / "rootfs-killed" / "rootfs" / "proc"
     proc.mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "leftover", str(proc)], check=True)
