@@ -10,21 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
-
-from gateway.bus import Bus
 from gateway.envelope import Outbound
-from gateway.mesh import Mesh
-from gateway.settings import MeshSettings, ModelSettings, SupervisorSettings
-from gateway.supervisor import DockerRuntime, Supervisor, container_name, deployment_id
-from tests.fakes.model_server import running_model_server
-from tests.gateway.supervisor._harness import BUS, SMALL, Clock, Stack
+from gateway.supervisor import container_name
+from tests.gateway.supervisor._harness import Stack, agent_stack
 
 START_TIMEOUT_S = 60.0
 """Bounds starting a container; the engine is shared and the machine small."""
@@ -98,36 +91,10 @@ async def sandbox_stack(
 ) -> AsyncIterator[Sandbox]:
     """A real stack whose supervisor runs its own loop; containers and volumes removed after."""
     canary = new_canary()
-    client = aioredis.Redis.from_url(redis_url)
-    await client.flushall()
-    bus = Bus(client, BUS)
-    settings = SupervisorSettings(limits=SMALL, check_interval_s=0.2, **supervisor)
-    clock = Clock()
-    # Short: unix socket paths are limited to 107 bytes.
-    with tempfile.TemporaryDirectory(prefix="stk-s-", dir="/tmp") as sockets:
-        async with running_model_server() as model:
-            mesh = Mesh(
-                bus,
-                ModelSettings(name="openai/fake", api_base=model.url, api_key=canary),
-                MeshSettings(next_wait_s=1.0),
-                Path(sockets),
-            )
-            await mesh.warm()
-            runtime = DockerRuntime(docker, await deployment_id(client))
-            sup = Supervisor(client, bus, runtime, mesh, image, settings, clock=clock)
-            stack = Stack(client, bus, mesh, runtime, sup, model, clock)
-            loop = asyncio.create_task(sup.run("sandbox"))
-            try:
-                yield Sandbox(stack, docker, canary, Path(sockets))
-            finally:
-                loop.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await loop
-                for user in stack.users:
-                    await runtime.remove(user)
-                    await runtime.remove_workspace(user)
-                await mesh.aclose()
-                await client.aclose()
+    async with agent_stack(
+        redis_url, image, docker, api_key=canary, run_loop=True, **supervisor
+    ) as stack:
+        yield Sandbox(stack, docker, canary, stack.socket_dir)
 
 
 def cgroup_file(container: Any, controller: str, name: str) -> Path:

@@ -50,6 +50,7 @@ class Stack:
     supervisor: Supervisor
     model: FakeModelServer
     clock: Clock
+    socket_dir: Path
     users: list[str] = field(default_factory=list)
 
     async def new_user(self, channel: str = "telegram") -> str:
@@ -85,8 +86,17 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def agent_stack(
-    redis_url: str, image: str, docker: Any, **supervisor: Any
+    redis_url: str,
+    image: str,
+    docker: Any,
+    *,
+    api_key: str = "sk-canary-test",
+    run_loop: bool = False,
+    **supervisor: Any,
 ) -> AsyncIterator[Stack]:
+    """The stack; with `run_loop` the supervisor runs its own loop (wake consumer and
+    reconcile passes), else tests drive `reconcile` by hand. Containers and volumes of
+    the users it made are removed afterwards."""
     client = aioredis.Redis.from_url(redis_url)
     await client.flushall()
     bus = Bus(client, BUS)
@@ -97,16 +107,26 @@ async def agent_stack(
         async with running_model_server() as model:
             mesh = Mesh(
                 bus,
-                ModelSettings(name="openai/fake", api_base=model.url, api_key="sk-canary-test"),
+                ModelSettings(name="openai/fake", api_base=model.url, api_key=api_key),
                 MeshSettings(next_wait_s=1.0),
                 Path(sockets),
             )
+            if run_loop:
+                # Only where the loop runs on its own, as in `stockade up`. LiteLLM keeps
+                # module-level state across the tests' event loops, and warming it here
+                # in every supervisor test was seen to break model calls in later tests.
+                await mesh.warm()
             runtime = DockerRuntime(docker, await deployment_id(client))
             sup = Supervisor(client, bus, runtime, mesh, image, settings, clock=clock)
-            stack = Stack(client, bus, mesh, runtime, sup, model, clock)
+            stack = Stack(client, bus, mesh, runtime, sup, model, clock, Path(sockets))
+            loop = asyncio.create_task(sup.run("test")) if run_loop else None
             try:
                 yield stack
             finally:
+                if loop is not None:
+                    loop.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await loop
                 for user in stack.users:
                     await runtime.remove(user)
                     await runtime.remove_workspace(user)
