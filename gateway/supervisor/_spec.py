@@ -11,6 +11,7 @@ from typing import Any, Final
 
 from gateway.settings import AgentLimits
 from gateway.supervisor._context import AGENT_UID, ROLE_LABEL, WORKSPACE
+from gateway.supervisor._seccomp import security_opt
 
 MESH_MOUNT: Final = "/run/stockade"
 MESH_SOCKET: Final = f"{MESH_MOUNT}/mesh.sock"
@@ -61,7 +62,8 @@ def container_spec(
         "detach": True,
         "user": f"{AGENT_UID}:{AGENT_UID}",
         "cap_drop": ["ALL"],
-        "security_opt": ["no-new-privileges:true"],
+        # Stockade's own seccomp profile, not the engine's default: see _seccomp.
+        "security_opt": ["no-new-privileges:true", security_opt()],
         "read_only": True,
         "tmpfs": {"/tmp": f"rw,noexec,nosuid,nodev,size={limits.tmpfs_mb}m"},
         "mem_limit": memory,

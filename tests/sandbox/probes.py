@@ -39,17 +39,46 @@ def attempt(fn):
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 
-def raw_syscall(name, *args):
-    """A raw system call by name: None when it returned >= 0, else its errno's name."""
+def raw_call(name, *args):
+    """A raw system call by name: its result, and its errno's name when it failed."""
     numbers = SYSCALLS[platform.machine()]
     ctypes.set_errno(0)
     result = libc.syscall(ctypes.c_long(numbers[name]), *(ctypes.c_long(a) for a in args))
-    return None if result >= 0 else errname(ctypes.get_errno())
+    return result, (None if result >= 0 else errname(ctypes.get_errno()))
+
+def raw_syscall(name, *args):
+    """A raw system call by name: None when it returned >= 0, else its errno's name."""
+    return raw_call(name, *args)[1]
+
+def raw_fd_call(name, *args):
+    """A raw system call that makes a file descriptor, closed again if it was made."""
+    fd, failure = raw_call(name, *args)
+    if failure is None:
+        os.close(fd)
+    return failure
 
 SYSCALLS = {
-    "x86_64": {"ptrace": 101, "add_key": 248, "keyctl": 250, "bpf": 321, "userfaultfd": 323},
-    "aarch64": {"ptrace": 117, "add_key": 217, "keyctl": 219, "bpf": 280, "userfaultfd": 282},
+    "x86_64": {
+        "ptrace": 101, "add_key": 248, "keyctl": 250, "bpf": 321, "userfaultfd": 323,
+        "clone": 56, "clone3": 435, "unshare": 272, "setns": 308, "personality": 135,
+        "umount2": 166, "fsopen": 430, "perf_event_open": 298, "io_uring_setup": 425,
+        "process_vm_readv": 310,
+    },
+    "aarch64": {
+        "ptrace": 117, "add_key": 217, "keyctl": 219, "bpf": 280, "userfaultfd": 282,
+        "clone": 220, "clone3": 435, "unshare": 97, "setns": 268, "personality": 92,
+        "umount2": 39, "fsopen": 430, "perf_event_open": 241, "io_uring_setup": 425,
+        "process_vm_readv": 270,
+    },
 }
+
+def address(data):
+    """A NUL-terminated copy of `data` that stays alive, and its address."""
+    buffer = ctypes.create_string_buffer(data)
+    KEEP.append(buffer)
+    return ctypes.addressof(buffer)
+
+KEEP = []
 
 def agent_pid():
     """The pid of the agent runtime (`python3 -m agents`) in this container."""
@@ -184,7 +213,7 @@ report(
 """
 
 SYSCALLS: Final = r"""
-import subprocess, time
+import socket, struct, subprocess, time
 PTRACE_ATTACH, PTRACE_DETACH = 16, 17
 sibling = subprocess.Popen(["sleep", "30"])
 time.sleep(0.2)
@@ -209,9 +238,53 @@ mounted = libc.mount(b"tmpfs", b"/tmp", b"tmpfs", 0, None)
 mount = None if mounted == 0 else errname(ctypes.get_errno())
 KEY_SPEC_PROCESS_KEYRING, KEY_SPEC_SESSION_KEYRING, KEYCTL_GET_KEYRING_ID = -2, -3, 0
 BPF_PROG_LOAD = 5
+# The user-mode-only kind needs no privilege at all (kernel >= 5.11).
+UFFD_USER_MODE_ONLY = 1
 key_type, description, payload = b"user\0", b"stockade-probe\0", b"x"
+
+SIGCHLD, CLONE_NEWUSER = 17, 0x10000000
+
+def clone(flags):
+    # A fork by raw clone(2) with `flags`: None if it was let through, else the errno.
+    child, failure = raw_call("clone", flags | SIGCHLD, 0, 0, 0, 0)
+    if child == 0:
+        os._exit(0)  # the child, when the call was let through
+    if failure is None:
+        os.waitpid(child, 0)
+    return failure
+
+READ_IMPLIES_EXEC, PERSONALITY_QUERY = 0x0400000, 0xFFFFFFFF
+read_implies_exec = raw_syscall("personality", READ_IMPLIES_EXEC)
+if read_implies_exec is None:
+    raw_syscall("personality", 0)
+
+class IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("length", ctypes.c_size_t)]
+
+# Its own memory, which ptrace's rules always let a process read: so only a filter on
+# the call itself can refuse it.
+source, target = ctypes.create_string_buffer(b"stockade"), ctypes.create_string_buffer(9)
+local, remote = IoVec(ctypes.addressof(target), 8), IoVec(ctypes.addressof(source), 8)
+process_vm_readv = raw_syscall(
+    "process_vm_readv", os.getpid(), ctypes.addressof(local), 1, ctypes.addressof(remote), 1, 0
+)
+
+# A software clock counting this process in user mode only: allowed at the usual
+# perf_event_paranoid of 2 without the filter.
+PERF_TYPE_SOFTWARE, PERF_COUNT_SW_CPU_CLOCK, ATTR_SIZE = 1, 0, 128
+DISABLED, EXCLUDE_KERNEL, EXCLUDE_HV = 1 << 0, 1 << 5, 1 << 6
+perf_attr = ctypes.create_string_buffer(ATTR_SIZE)
+struct.pack_into("IIQ", perf_attr, 0, PERF_TYPE_SOFTWARE, ATTR_SIZE, PERF_COUNT_SW_CPU_CLOCK)
+struct.pack_into("Q", perf_attr, 40, DISABLED | EXCLUDE_KERNEL | EXCLUDE_HV)
+uring_params = ctypes.create_string_buffer(120)
+
+def new_socket(family, kind):
+    return attempt(lambda: socket.socket(family, kind).close())
+
 report(
     mount=mount,
+    umount2=raw_syscall("umount2", address(b"/tmp"), 0),
+    fsopen=raw_fd_call("fsopen", address(b"tmpfs"), 0),
     ptrace_attach=attached,
     ptrace_agent=agent_attached,
     agent_mem=agent_mem,
@@ -225,8 +298,179 @@ report(
         KEY_SPEC_PROCESS_KEYRING,
     ),
     bpf=raw_syscall("bpf", BPF_PROG_LOAD, 0, 0),
-    userfaultfd=raw_syscall("userfaultfd", 0),
+    userfaultfd=raw_fd_call("userfaultfd", UFFD_USER_MODE_ONLY),
+    # Without a filter: EBADF for the fd, success for no flags at all.
+    setns_bad_fd=raw_syscall("setns", -1, 0),
+    unshare_nothing=raw_syscall("unshare", 0),
+    clone_plain=clone(0),
+    clone_newuser=clone(CLONE_NEWUSER),
+    # Without a filter clone3 with no arguments says EINVAL.
+    clone3=raw_syscall("clone3", 0, 0),
+    personality_read_implies_exec=read_implies_exec,
+    personality_query=raw_syscall("personality", PERSONALITY_QUERY),
+    process_vm_readv=process_vm_readv,
+    perf_event_open=raw_fd_call("perf_event_open", ctypes.addressof(perf_attr), 0, -1, -1, 0),
+    io_uring_setup=raw_fd_call("io_uring_setup", 1, ctypes.addressof(uring_params)),
+    socket_alg=new_socket(socket.AF_ALG, socket.SOCK_SEQPACKET),
+    socket_vsock=new_socket(socket.AF_VSOCK, socket.SOCK_STREAM),
+    socket_packet=new_socket(socket.AF_PACKET, socket.SOCK_DGRAM),
 )
+"""
+
+ORDINARY_WORK: Final = r"""
+import asyncio, concurrent.futures, fcntl, mmap, selectors, shutil, signal, socket
+import subprocess, tempfile, threading, time
+# What an agent's commands do all day, each a step that must work: threads, fork,
+# subprocesses, a shell pipeline, coreutils and python in the workspace, pipes, polling,
+# signals and timers, local sockets, mapped files and randomness.
+steps = {}
+
+def step(name):
+    def run(fn):
+        try:
+            steps[name] = ["ok", fn()]
+        except Exception as exc:
+            steps[name] = ["failed", f"{type(exc).__name__}: {exc}"]
+    return run
+
+def sh(command):
+    done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=20)
+    if done.returncode != 0:
+        raise RuntimeError(f"exit {done.returncode}: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+@step("threads")
+def _():
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        return sum(pool.map(lambda n: sum(range(n)), range(1000, 1008)))
+
+@step("fork")
+def _():
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write_end, b"from the child")
+        os._exit(7)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(read_end, "rb") as pipe:
+        return [os.waitstatus_to_exitcode(status), pipe.read().decode()]
+
+@step("python_subprocess")
+def _():
+    return subprocess.run(
+        ["python3", "-c", "print(6 * 7)"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+@step("shell_pipeline")
+def _():
+    return sh("printf 'b\na\nc\n' | sort | head -n 2 | tr a-z A-Z | paste -sd, -")
+
+@step("coreutils_in_workspace")
+def _():
+    return sh(
+        "set -e; d=$(mktemp -d ./probe.XXXXXX); cd $d; echo hello > f; cp f g; mv g h;"
+        " ln -s h link; chmod 600 h; touch -d @0 f; mkfifo fifo; ls | wc -l;"
+        " sha256sum h | cut -c1-8; stat -c %a h; find . -type f | sort | head -1;"
+        " timeout 5 sleep 0.1; date +%Y >/dev/null; cd ..; rm -r $d"
+    ).split()
+
+@step("file_io_in_workspace")
+def _():
+    directory = tempfile.mkdtemp(dir=os.getcwd())
+    path = os.path.join(directory, "data")
+    with open(path, "wb") as handle:
+        handle.write(b"x" * 65536)
+        handle.flush()
+        os.fsync(handle.fileno())
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    os.truncate(path, 4096)
+    with open(path, "r+b") as handle, mmap.mmap(handle.fileno(), 4096) as mapped:
+        mapped[:5] = b"hello"
+    os.rename(path, path + ".moved")
+    os.symlink(path + ".moved", path)
+    os.chmod(path + ".moved", 0o640)
+    os.utime(path + ".moved", (0, 0))
+    with open(path, "rb") as handle:
+        head = handle.read(5).decode()
+    info = os.stat(path)
+    listed = sorted(os.listdir(directory))
+    shutil.copyfile(path, path + ".copy")
+    shutil.rmtree(directory)
+    return [head, info.st_size, oct(info.st_mode & 0o777), listed, os.path.exists(directory)]
+
+@step("polling")
+def _():
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"!")
+    ready = []
+    for selector in (selectors.SelectSelector(), selectors.PollSelector(),
+                     selectors.EpollSelector()):
+        with selector:
+            selector.register(read_end, selectors.EVENT_READ)
+            ready.append(len(selector.select(timeout=1)))
+    os.close(read_end)
+    os.close(write_end)
+    return ready
+
+@step("signals_and_timers")
+def _():
+    fired = []
+    signal.signal(signal.SIGALRM, lambda *_: fired.append("itimer"))
+    signal.setitimer(signal.ITIMER_REAL, 0.05)
+    time.sleep(0.5)
+    signal.signal(signal.SIGUSR1, lambda *_: fired.append("usr1"))
+    os.kill(os.getpid(), signal.SIGUSR1)
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.alarm(60)
+    return fired
+
+@step("local_sockets")
+def _():
+    left, right = socket.socketpair()
+    with left, right:
+        left.sendall(b"pair")
+        paired = right.recv(4).decode()
+    directory = tempfile.mkdtemp()
+    path = os.path.join(directory, "s")
+    with socket.socket(socket.AF_UNIX) as server, socket.socket(socket.AF_UNIX) as client:
+        server.bind(path)
+        server.listen()
+        client.connect(path)
+        peer, _ = server.accept()
+        with peer:
+            client.sendall(b"unix")
+            unix = peer.recv(4).decode()
+    shutil.rmtree(directory)  # other probes list every socket file in the container
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        with socket.create_connection(server.getsockname(), timeout=5) as client:
+            peer, _ = server.accept()
+            with peer:
+                client.sendall(b"loop")
+                loop = peer.recv(4).decode()
+    return [paired, unix, loop]
+
+@step("asyncio_subprocess")
+def _():
+    async def main():
+        process = await asyncio.create_subprocess_exec(
+            "sh", "-c", "echo async", stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await process.communicate()
+        await asyncio.sleep(0.01)
+        return out.decode().strip()
+    return asyncio.run(main())
+
+@step("randomness_and_limits")
+def _():
+    import resource
+    return [
+        len(os.urandom(16)), len(os.getrandom(16)), len(os.sched_getaffinity(0)) > 0,
+        resource.getrlimit(resource.RLIMIT_NOFILE)[0] > 0, os.uname().sysname,
+    ]
+
+report(steps=steps)
 """
 
 KERNEL_SURFACES: Final = r"""

@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 import pytest
 import pytest_asyncio
 
+from gateway.supervisor._spec import LABEL_USER
+from tests.fakes.model_server import Text, ToolCall, ToolCalls
 from tests.gateway.supervisor._harness import SMALL
 from tests.sandbox import probes
 from tests.sandbox._stack import Sandbox, sandbox_stack
@@ -183,8 +185,9 @@ def _capacity(path: str) -> int:
 # -- system calls ------------------------------------------------------------------------
 
 
-async def test_mount_is_refused(syscalls: dict[str, Any]) -> None:
-    assert syscalls["mount"] in DENIED
+async def test_mounting_by_either_mount_api_is_refused(syscalls: dict[str, Any]) -> None:
+    for call in ("mount", "umount2", "fsopen"):
+        assert syscalls[call] in DENIED, f"{call}: {syscalls[call] or 'succeeded'}"
 
 
 async def test_the_agent_runtime_cannot_be_traced_or_read_by_other_processes(
@@ -194,21 +197,116 @@ async def test_the_agent_runtime_cannot_be_traced_or_read_by_other_processes(
     assert syscalls["agent_mem"] in DENIED, "the agent runtime's memory was readable"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Docker's default seccomp profile allows ptrace between processes of the same "
-    "user on kernels >= 4.8; the commands an agent starts may trace each other (never the "
-    "runtime, which is undumpable). A seccomp profile of Stockade's own is still to come.",
-)
 async def test_ptrace_attach_to_another_process_in_the_container_is_refused(
     syscalls: dict[str, Any],
 ) -> None:
     assert syscalls["ptrace_attach"] in DENIED, "PTRACE_ATTACH to a sibling process succeeded"
 
 
+async def test_no_process_can_read_another_s_memory_by_process_vm_readv(
+    syscalls: dict[str, Any],
+) -> None:
+    assert syscalls["process_vm_readv"] in DENIED
+
+
 async def test_keyrings_bpf_and_userfaultfd_are_refused(syscalls: dict[str, Any]) -> None:
     for call in ("keyctl", "add_key", "bpf", "userfaultfd"):
         assert syscalls[call] in UNAVAILABLE, f"{call}: {syscalls[call] or 'succeeded'}"
+
+
+async def test_perf_events_and_io_uring_are_refused(syscalls: dict[str, Any]) -> None:
+    for call in ("perf_event_open", "io_uring_setup"):
+        assert syscalls[call] in UNAVAILABLE, f"{call}: {syscalls[call] or 'succeeded'}"
+
+
+async def test_no_namespace_can_be_made_or_entered(syscalls: dict[str, Any]) -> None:
+    for call in ("unshare_nothing", "setns_bad_fd", "clone_newuser"):
+        assert syscalls[call] in DENIED, f"{call}: {syscalls[call] or 'succeeded'}"
+    assert syscalls["clone_plain"] is None, "a plain fork by clone(2) was refused"
+
+
+async def test_clone3_says_not_implemented_so_libc_falls_back_to_clone(
+    syscalls: dict[str, Any],
+) -> None:
+    assert syscalls["clone3"] == "ENOSYS"
+
+
+async def test_a_personality_that_makes_data_executable_is_refused(
+    syscalls: dict[str, Any],
+) -> None:
+    assert syscalls["personality_read_implies_exec"] in DENIED
+    assert syscalls["personality_query"] is None
+
+
+async def test_only_local_socket_families_can_be_opened(syscalls: dict[str, Any]) -> None:
+    for family in ("socket_alg", "socket_vsock", "socket_packet"):
+        assert syscalls[family] in DENIED, f"{family}: {syscalls[family] or 'opened'}"
+
+
+async def test_the_filter_refuses_calls_the_kernel_alone_would_let_an_agent_make(
+    syscalls: dict[str, Any],
+) -> None:
+    """Without a seccomp filter an unprivileged process gets these (on a kernel with user
+    namespaces, user-mode userfaultfd and perf_event_paranoid <= 2), or another error
+    than EPERM (EBADF for setns on a bad fd, EINVAL for clone3 with no arguments). So
+    EPERM here is the filter's answer, not a missing capability's."""
+    for call in (
+        "ptrace_attach",
+        "process_vm_readv",
+        "keyctl",
+        "add_key",
+        "userfaultfd",
+        "setns_bad_fd",
+        "unshare_nothing",
+        "clone_newuser",
+        "personality_read_implies_exec",
+        "perf_event_open",
+        "io_uring_setup",
+        "socket_vsock",
+    ):
+        assert syscalls[call] == "EPERM", f"{call}: {syscalls[call] or 'succeeded'}"
+    assert syscalls["clone3"] == "ENOSYS"
+
+
+async def test_ordinary_work_runs_under_the_filter(agent: Confined) -> None:
+    """Threads, fork, subprocesses, a shell pipeline, coreutils and file I/O in the
+    workspace, polling, signals, timers and local sockets all still work."""
+    report = await probes.probe(agent.container, probes.ORDINARY_WORK)
+    steps = report["steps"]
+    failed = {name: result for name, (status, result) in steps.items() if status != "ok"}
+    assert failed == {}
+    assert steps["fork"][1] == [7, "from the child"]
+    assert steps["python_subprocess"][1] == "42"
+    assert steps["shell_pipeline"][1] == "A,B"
+    assert steps["coreutils_in_workspace"][1] == ["4", "5891b5b5", "600", "./f"]
+    assert steps["file_io_in_workspace"][1] == [
+        "hello",
+        4096,
+        "0o640",
+        ["data", "data.moved"],
+        False,
+    ]
+    assert steps["polling"][1] == [1, 1, 1]
+    assert steps["signals_and_timers"][1] == ["itimer", "usr1", "usr1"]
+    assert steps["local_sockets"][1] == ["pair", "unix", "loop"]
+    assert steps["asyncio_subprocess"][1] == "async"
+
+
+async def test_the_shell_tool_runs_pipelines_threads_and_subprocesses(agent: Confined) -> None:
+    command = (
+        "printf 'b\\na\\n' | sort | tr a-z A-Z | paste -sd, -;"
+        " python3 -c 'import threading, subprocess;"
+        ' t = threading.Thread(target=print, args=("thread",)); t.start(); t.join();'
+        ' subprocess.run(["echo", "child"], check=True)\''
+    )
+    model = agent.sandbox.stack.model
+    model.push(ToolCalls([ToolCall("shell", {"command": command})]), Text("ran it"))
+    user = agent.container.labels[LABEL_USER]
+    assert (await agent.sandbox.ask(user, "run this")).text == "ran it"
+    tool_result = model.requests[-1].body["messages"][-1]
+    assert tool_result["role"] == "tool"
+    for line in ("A,B", "thread", "child"):
+        assert line in tool_result["content"].splitlines(), tool_result["content"]
 
 
 # -- kernel surfaces and devices ---------------------------------------------------------

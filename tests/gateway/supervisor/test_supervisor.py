@@ -11,6 +11,7 @@ import pytest
 
 from gateway.bus import WAKE_STREAM
 from gateway.supervisor import container_name
+from gateway.supervisor._seccomp import security_opt
 from tests.gateway.supervisor._harness import SMALL, Stack, agent_stack
 from tests.services import RedisProcess
 
@@ -50,7 +51,7 @@ async def test_the_first_message_starts_a_hardened_container(
     assert attrs["Config"]["User"] == "65534:65534"
     assert host["CapDrop"] == ["ALL"]
     assert not host["CapAdd"]
-    assert host["SecurityOpt"] == ["no-new-privileges:true"]
+    assert host["SecurityOpt"] == ["no-new-privileges:true", security_opt()]
     assert host["ReadonlyRootfs"] is True
     assert host["Privileged"] is False
     assert host["NetworkMode"] == "none"
