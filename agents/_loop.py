@@ -58,6 +58,9 @@ def bounded(text: str, limit: int = TOOL_RESULT_MAX) -> str:
 
 def refusal_text(exc: MeshRefused) -> str:
     """The sentence a user reads when the model could not be used."""
+    if exc.kind == "budget_exceeded":
+        # The gateway wrote this one for the user: which budget, and when it resets.
+        return exc.message
     if exc.status >= 500:
         return f"I can't reach the model right now: {exc.message}. Please try again later."
     return f"I can't use the model for this: {exc.message}."

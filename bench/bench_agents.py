@@ -1,14 +1,17 @@
 """Benchmark of the agent pipeline on a real Docker engine: cold start, warm turns, idle memory.
 
     .venv/bin/python bench/bench_agents.py [--users N] [--turns T] [--idle I]
-                                           [--only cold|warm|idle]
+                                           [--only cold|warm|idle] [--model M]
 
 Each phase assembles the real pieces, as `stockade up` does: a private redis-server
 (append-only file on), the Bus, the Mesh after `Mesh.warm()`, the Supervisor with a
 DockerRuntime on the engine DOCKER_HOST names (default settings, with room for every
 agent), the agent image from `ensure_image` (named stockade-test-agent, so the test
 suite's image and offline base are reused), and a fake OpenAI-compatible model on
-127.0.0.1 that answers at once. A message is driven as the router hands it on: the
+127.0.0.1 that answers at once, called through LiteLLM as `--model` (default
+hosted_vllm/fake, LiteLLM's route for a self-hosted OpenAI-compatible server; give
+openai/gpt-4o-mini for the OpenAI SDK's route, see README "Choosing the model route").
+A message is driven as the router hands it on: the
 routed Inbound is published to the user's agent stream and to the wake stream, which the
 Supervisor's `run()` consumes; the time runs until the agent's reply is on the channel's
 out stream (read with XREAD BLOCK).
@@ -53,7 +56,6 @@ from typing import Any, Final
 
 import docker.errors
 import redis.asyncio as aioredis
-from pydantic import SecretStr
 
 from gateway.app import redis_pool_size
 from gateway.bus import WAKE_STREAM, Bus, agent_stream, out_stream
@@ -67,7 +69,6 @@ from gateway.settings import (
     DockerSettings,
     ImageSettings,
     MeshSettings,
-    ModelSettings,
     SupervisorSettings,
 )
 from gateway.supervisor import (
@@ -81,6 +82,7 @@ from gateway.supervisor import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fakes
 
+from tests.calls import model_calls, priced_model
 from tests.fakes.model_server import running_model_server
 
 TARGET_COLD_S: Final = 1.0
@@ -380,7 +382,7 @@ class Pipeline:
 
 
 @contextlib.asynccontextmanager
-async def pipeline(image: str, max_running: int) -> AsyncIterator[Pipeline]:
+async def pipeline(image: str, max_running: int, model_name: str) -> AsyncIterator[Pipeline]:
     marks = Marks()
     names: dict[str, str] = {}
     real_docker = await asyncio.to_thread(docker_client, DockerSettings())
@@ -389,13 +391,18 @@ async def pipeline(image: str, max_running: int) -> AsyncIterator[Pipeline]:
         async with (
             embedded_redis(Path(tmp) / "redis") as url,
             running_model_server() as fake,
+            contextlib.AsyncExitStack() as exits,
         ):
             # Sized as `stockade up` sizes it: each running agent's long poll holds one.
             client = aioredis.Redis.from_url(url, max_connections=redis_pool_size(max_running))
             reader = aioredis.Redis.from_url(url)
             bus = Bus(client, BusSettings())
-            model = ModelSettings(api_base=fake.url, api_key=SecretStr("sk-bench"))
-            mesh = Mesh(bus, model, MeshSettings(), Path(tmp) / "mesh")
+            # The real vault and budget gate (its ledger too), with caps the bench never nears.
+            entry = priced_model(fake.url, model_name, timeout_s=60.0)
+            calls = await exits.enter_async_context(
+                model_calls(client, Path(tmp) / "calls", {"default": entry}, key="sk-bench")
+            )
+            mesh = Mesh(bus, calls.calls, MeshSettings(), Path(tmp) / "mesh")
             deployment = await deployment_id(client)
             runtime = DockerRuntime(TimedDocker(real_docker, names, marks), deployment)
             built = Pipeline(
@@ -449,9 +456,9 @@ def ms(seconds: float) -> str:
     return "?" if math.isnan(seconds) else f"{seconds * 1000:.0f}"
 
 
-async def cold(image: str, users: int) -> list[Figure]:
+async def cold(image: str, users: int, model: str) -> list[Figure]:
     print(f"cold: {users} new users, one after another")
-    async with pipeline(image, max_running=users + 5) as p:
+    async with pipeline(image, max_running=users + 5, model_name=model) as p:
         rows: list[dict[str, float]] = []
         for i in range(users):
             user = await p.new_user()
@@ -501,9 +508,9 @@ async def cold(image: str, users: int) -> list[Figure]:
     ]
 
 
-async def warm(image: str, turns: int) -> list[Figure]:
+async def warm(image: str, turns: int, model: str) -> list[Figure]:
     print(f"warm: {turns} turns to one running agent, {TURN_GAP_S:g} s apart")
-    async with pipeline(image, max_running=5) as p:
+    async with pipeline(image, max_running=5, model_name=model) as p:
         user = await p.new_user()
         await p.reply_to(await p.say(user, "hello"))
         await asyncio.sleep(1.0)
@@ -658,9 +665,9 @@ def mb(values: list[int]) -> str:
     return f"median {statistics.median(values) / MB:.1f} MB, max {max(values) / MB:.1f} MB"
 
 
-async def idle(image: str, count: int) -> list[Figure]:
+async def idle(image: str, count: int, model: str) -> list[Figure]:
     print(f"idle: {count} agents started together, then left idle")
-    async with pipeline(image, max_running=count + 5) as p:
+    async with pipeline(image, max_running=count + 5, model_name=model) as p:
         before = meminfo()
         own_before = status_kb(os.getpid(), "VmRSS")
         users = [await p.new_user() for _ in range(count)]
@@ -767,9 +774,9 @@ async def measure(options: argparse.Namespace) -> tuple[list[Figure], dict[str, 
         "engine": f"Docker engine {engine.get('Version', '?')} ({engine.get('Os', '?')})",
     }
     phases: dict[str, Callable[[], Any]] = {
-        "cold": lambda: cold(image, options.users),
-        "warm": lambda: warm(image, options.turns),
-        "idle": lambda: idle(image, options.idle),
+        "cold": lambda: cold(image, options.users, options.model),
+        "warm": lambda: warm(image, options.turns, options.model),
+        "idle": lambda: idle(image, options.idle, options.model),
     }
     figures: list[Figure] = []
     for name, phase in phases.items():
@@ -787,7 +794,10 @@ def main(options: argparse.Namespace) -> int:
         f"{platform.release()}, LiteLLM {importlib.metadata.version('litellm')}, "
         f"{os.cpu_count()} CPUs, {memory:.1f} GB, {time.strftime('%Y-%m-%d %H:%M %Z')}"
     )
-    print(f"agent image {versions['image']}, fake model answering at once, on loopback")
+    print(
+        f"agent image {versions['image']}, fake model answering at once on loopback, "
+        f"called as {options.model}"
+    )
     print(
         f"load average (1 min) {versions['load']} at the start, {os.getloadavg()[0]:.2f} at the "
         "end: the machine may be shared, and other work there moves these figures"
@@ -810,6 +820,9 @@ if __name__ == "__main__":
     parser.add_argument("--turns", type=int, default=200, help="warm turns")
     parser.add_argument("--idle", type=int, default=100, metavar="N", help="idle agents")
     parser.add_argument("--only", choices=("cold", "warm", "idle"))
+    parser.add_argument(
+        "--model", default="hosted_vllm/fake", help="the LiteLLM model string for the fake"
+    )
     options = parser.parse_args()
     if options.users < 1 or options.turns < 1 or options.idle < 1:
         parser.error("--users, --turns and --idle must be positive")

@@ -20,13 +20,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from gateway import embedded_redis
 from gateway.bus import Bus, out_stream
 from gateway.commands import default_registry
-from gateway.errors import DependencyError, RedisUnavailable
-from gateway.mesh import Mesh
-from gateway.policy import Identities
+from gateway.errors import CommandError, DependencyError, RedisUnavailable
+from gateway.mesh import Mesh, ModelCalls
+from gateway.policy import BudgetGate, Identities, Ledger
+from gateway.policy.budget import render_overview, render_usage
 from gateway.roles import ROLES
 from gateway.router import Router
 from gateway.settings import Settings
 from gateway.supervisor import Supervisor
+from gateway.vault import VaultOnDemand
 
 log = logging.getLogger("stockade")
 
@@ -104,9 +106,17 @@ async def redis_client(
         await client.aclose()
 
 
+def budget_reader(client: aioredis.Redis, settings: Settings) -> BudgetGate:
+    """A gate for reading spend (/usage, `stockade usage`); it never reserves, so its
+    ledger is never opened."""
+    return BudgetGate(client, settings.budget, Ledger(settings.ledger_dir()))
+
+
 def _router(client: aioredis.Redis, settings: Settings) -> Router:
     bus = Bus(client, settings.bus)
-    return Router(bus, Identities(client), default_registry(settings.router.command_prefix))
+    usage_of = budget_reader(client, settings).usage
+    commands = default_registry(settings.router.command_prefix, usage_of)
+    return Router(bus, Identities(client), commands)
 
 
 def _image_progress(line: str) -> None:
@@ -126,20 +136,32 @@ async def _agents(client: aioredis.Redis, settings: Settings) -> AsyncIterator[S
         )
         log.info("agent image %s", image)
         bus = Bus(client, settings.bus)
-        mesh = Mesh(bus, settings.model, settings.mesh, settings.data_dir / "mesh")
-        # LiteLLM takes seconds to import: pay it now, not in a user's first reply.
-        await mesh.warm()
-        try:
-            yield Supervisor(
-                client,
-                bus,
-                DockerRuntime(docker, await deployment_id(client)),
-                mesh,
-                image,
-                settings.supervisor,
-            )
-        finally:
-            await mesh.aclose()
+        async with Ledger(settings.ledger_dir()) as ledger:
+            gate = BudgetGate(client, settings.budget, ledger)
+            # Counters behind the ledger (Redis lost data, or came back from an old
+            # snapshot) are rebuilt before any call is let through.
+            await gate.recover()
+            calls = ModelCalls(settings.models, settings.mesh, VaultOnDemand(settings), gate)
+            mesh = Mesh(bus, calls, settings.mesh, settings.data_dir / "mesh")
+            # LiteLLM takes seconds to import: pay it now, not in a user's first reply.
+            await mesh.warm()
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    reaper = tasks.create_task(gate.run(), name="budget reaper")
+                    try:
+                        yield Supervisor(
+                            client,
+                            bus,
+                            DockerRuntime(docker, await deployment_id(client)),
+                            mesh,
+                            image,
+                            settings.supervisor,
+                        )
+                    finally:
+                        reaper.cancel()
+            finally:
+                await mesh.aclose()
+                await calls.drain()
     finally:
         docker.close()
 
@@ -196,6 +218,26 @@ async def run_role(settings: Settings, role: str) -> None:
 
 
 _AFTER_INPUT_S: Final = 30.0
+
+
+async def usage(settings: Settings, who: str | None) -> str:
+    """The spending report of `who` (an internal id or "channel:platform-user"), or of
+    everyone; read from a running Stockade's Redis."""
+    async with redis_client(settings, start_embedded=False) as client:
+        gate = budget_reader(client, settings)
+        identities = Identities(client)
+        if who is None:
+            everyone = await identities.everyone()
+            report = [(user, names, await gate.usage(user)) for user, names in everyone.items()]
+            return render_overview(report)
+        user_id = who
+        if ":" in who:
+            channel, _, platform_user = who.partition(":")
+            found = await identities.lookup(channel, platform_user)
+            if found is None:
+                raise CommandError(f"nobody is known as {who!r}", "usage [USER]")
+            user_id = found
+        return render_usage(await gate.usage(user_id), heading=f"Spending of {user_id}:")
 
 
 async def chat(settings: Settings, user: str | None = None) -> None:

@@ -9,12 +9,20 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gateway.errors import ConfigError, StockadeError
+from gateway.errors import ConfigError, SecretNotFound, StockadeError, VaultError
 from gateway.roles import ROLES
+
+if TYPE_CHECKING:
+    from gateway.settings import Settings
 
 EXIT_CONFIG = 2
 EXIT_DEPENDENCY = 1
+EXIT_USAGE = 2  # what argparse exits with on a bad command line
+
+STDIN_LIMIT = 1024 * 1024
+"""Bytes read from a piped value at most; more is refused, never silently cut."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,10 +54,36 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("config", help="check the settings and print them, secrets hidden")
 
+    usage = commands.add_parser("usage", help="spending per window and model, with the caps")
+    usage.add_argument(
+        "user", nargs="?", help='an internal user id or "channel:platform-user"; none: everyone'
+    )
+
     image = commands.add_parser("image", help="the agent image")
     image_commands = image.add_subparsers(dest="image_command", metavar="ACTION", required=True)
     image_commands.add_parser("build", help="build the agent image if it is missing (idempotent)")
+
+    _add_vault_commands(commands)
     return parser
+
+
+def _add_vault_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    vault = commands.add_parser("vault", help="the encrypted secrets the mesh gives to providers")
+    actions = vault.add_subparsers(dest="vault_command", metavar="ACTION", required=True)
+    for action, text in (
+        ("set", "add a secret or replace its value"),
+        ("rotate", "replace the value of an existing secret"),
+    ):
+        writer = actions.add_parser(
+            action, help=f"{text}; the value is asked for on a terminal, else read from stdin"
+        )
+        writer.add_argument("name", metavar="NAME")
+        # There is no value argument: one would stay in shell history and `ps`. Anything
+        # after NAME lands here and is refused unrepeated; argparse's error would echo it.
+        writer.add_argument("extra", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    remove = actions.add_parser("rm", help="delete a secret")
+    remove.add_argument("name", metavar="NAME")
+    actions.add_parser("list", help="names, dates and ages of the secrets, never their values")
 
 
 def _configure_logging(verbose: bool, quiet: bool = False) -> None:
@@ -86,6 +120,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(settings.model_dump_json(indent=2))
         return 0
 
+    if args.command == "vault":
+        return _vault(args, settings)
+
     if args.command == "image":
         from gateway.supervisor import ensure_image
 
@@ -108,6 +145,84 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "chat":
         _configure_logging(args.verbose, quiet=True)
         asyncio.run(app.serve(app.chat(settings, args.user)))
+    elif args.command == "usage":
+        _configure_logging(args.verbose, quiet=True)
+        print(asyncio.run(app.usage(settings, args.user)))
+    return 0
+
+
+def _read_value(name: str) -> str:
+    """The secret value: asked twice without echo on a terminal, else all of stdin."""
+    if sys.stdin.isatty():
+        import getpass
+
+        try:
+            value = getpass.getpass(f"value of {name}: ")
+            again = getpass.getpass(f"value of {name} again: ")
+        except EOFError:
+            raise VaultError("no value given; nothing was changed") from None
+        if value != again:
+            raise VaultError("the two values differ; nothing was changed")
+        return value
+    data = sys.stdin.buffer.read(STDIN_LIMIT + 1)
+    if len(data) > STDIN_LIMIT:
+        raise VaultError("the value on stdin is too long; nothing was changed")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise VaultError("the value on stdin is not UTF-8 text; nothing was changed") from None
+
+
+def _vault(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import UTC, datetime
+
+    from gateway.vault import Vault, check_name, clean_value, render_listing
+
+    action: str = args.vault_command
+    if action in ("set", "rotate") and args.extra:
+        print(
+            f"stockade: vault {action} takes NAME only; the value is asked for, or read "
+            "from stdin, never taken from the command line",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if action == "list":
+        vault = Vault.from_settings(settings)
+        entries = vault.entries()
+        if entries:
+            print("\n".join(render_listing(entries, datetime.now(UTC))))
+        else:
+            print(f"no secrets in {vault.store}")
+        return 0
+
+    name = check_name(args.name)
+    if action == "rm":
+        Vault.from_settings(settings).remove(name)
+        print(f"removed secret {name!r}")
+        return 0
+
+    if action == "rotate":
+        vault = Vault.from_settings(settings)
+        if name not in vault:
+            raise SecretNotFound(name)  # before a value is asked for; rotate() checks again
+        vault.rotate(name, _read_value(name))
+        print(f"rotated secret {name!r}")
+        return 0
+
+    # The value first: a refused or abandoned value must not leave a new key file behind.
+    value = clean_value(_read_value(name))
+    key_file = settings.vault_key_file()
+    new_key = settings.vault.key is None and not key_file.exists()
+    vault = Vault.from_settings(settings, create_key=True)
+    existed = name in vault
+    vault.set(name, value)
+    print(f"{'replaced' if existed else 'added'} secret {name!r} in {vault.store}")
+    if new_key:
+        print(
+            f"created the vault master key {key_file}; keep a copy somewhere safe, "
+            "the secrets cannot be read without it",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -9,7 +9,16 @@
     │   ├── DockerUnavailable  the Docker engine did not answer           (retryable)
     │   ├── BinaryMissing      an executable is not installed; names the package
     │   └── ImageBuildError    the agent image could not be built; ends with the log's last lines
-    └── CommandError           a chat command was malformed; carries its usage line
+    ├── CommandError           a chat command was malformed; carries its usage line
+    ├── BudgetError            a model call may not go ahead on the budget
+    │   ├── BudgetExceeded     a cap leaves too little; says which window, and when it resets
+    │   └── BudgetUnavailable  budget state unknown (Redis, script, ledger): refused (retryable)
+    └── VaultError             the secret store cannot do what was asked (bad name or value)
+        ├── VaultKeyError      no master key, a malformed one, or a key file others can read
+        ├── VaultCorrupt       an entry failed authentication or the store is malformed
+        └── SecretNotFound     no entry of that name
+
+No vault error's message holds a secret value or the master key.
 
 `retryable` says whether doing the same thing again later may succeed.
 """
@@ -94,3 +103,74 @@ class CommandError(StockadeError):
     def __init__(self, message: str, usage: str) -> None:
         self.usage = usage
         super().__init__(message)
+
+
+class VaultError(StockadeError):
+    """The vault refused or failed; also an invalid secret name or value.
+
+    Messages name entries and files, never a value or the key: they reach logs and terminals.
+    """
+
+
+class VaultKeyError(VaultError):
+    """No usable master key: none configured, not base64 of 32 bytes, or readable by others."""
+
+
+class VaultCorrupt(VaultError):
+    """The store is malformed, or an entry failed authentication: a wrong key or an altered file.
+
+    `entry` names the entry at fault, when there is one.
+    """
+
+    def __init__(self, message: str, entry: str | None = None) -> None:
+        self.entry = entry
+        super().__init__(message)
+
+
+class SecretNotFound(VaultError):
+    """The vault has no entry called `name`."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"no secret {name!r} in the vault; add it with: stockade vault set {name}")
+
+
+class BudgetError(StockadeError):
+    """A model call may not go ahead on the budget; nothing stays reserved for it."""
+
+
+class BudgetExceeded(BudgetError):
+    """A spending cap leaves too little for the call.
+
+    `sentence` is the explanation for the user (which budget, what is left, when it
+    resets). `scope` ("user" or "total") and `period` ("day" or "month") name the
+    window that refused; amounts are nano-dollars, `resets_at` epoch seconds. Not
+    retryable: the same call is refused until `resets_at`.
+    """
+
+    def __init__(
+        self,
+        sentence: str,
+        *,
+        scope: str,
+        period: str,
+        cap_nano: int,
+        remaining_nano: int,
+        resets_at: float,
+    ) -> None:
+        self.sentence = sentence
+        self.scope = scope
+        self.period = period
+        self.cap_nano = cap_nano
+        self.remaining_nano = remaining_nano
+        self.resets_at = resets_at
+        super().__init__(sentence)
+
+
+class BudgetUnavailable(BudgetError):
+    """The budget could not be checked or recorded (Redis, a script, the ledger): refused.
+
+    Unknown state is never waved through; the same call may work once the cause is gone.
+    """
+
+    retryable = True

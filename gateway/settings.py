@@ -97,17 +97,40 @@ class SupervisorSettings(_Part):
     """How often containers are checked for crashes and idleness."""
 
 
+class Price(_Part):
+    """What one model costs, in US dollars per million tokens."""
+
+    input_usd_per_mtok: float = Field(ge=0, le=100_000)
+    output_usd_per_mtok: float = Field(ge=0, le=100_000)
+
+
 class ModelSettings(_Part):
-    """The model agents call through the mesh (the vault and budgets take over the key later)."""
+    """One model agents may call through the mesh; its key stays in the vault."""
 
     name: str = "openai/gpt-4o-mini"
     """A LiteLLM model string, "<provider>/<model>"."""
     api_base: str | None = None
     """Provider endpoint; unset uses LiteLLM's default for the provider."""
-    api_key: SecretStr | None = None
+    secret: str | None = "openai"
+    """The vault entry holding the provider key (`stockade vault set NAME`); unset sends none."""
+    price: Price | None = None
+    """Unset takes LiteLLM's cost map; a model priced in neither is refused."""
     max_tokens: int = Field(default=1024, ge=1, le=200_000)
     """Upper bound on completion tokens per call; an agent may ask for fewer, never more."""
     timeout_s: float = Field(default=60.0, gt=0, le=600)
+    retries: int = Field(default=2, ge=0, le=10)
+    """Retries of a failed provider call (connection errors, 429, 5xx), with backoff."""
+    fallback: str | None = None
+    """Another entry of [models] to call when this one keeps failing."""
+
+    @field_validator("secret", "api_base", "fallback", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # An environment variable can only be set to "", not unset, in a compose file.
+        return None if value == "" else value
+
+
+DEFAULT_MODEL: Final = "default"
 
 
 class MeshSettings(_Part):
@@ -118,6 +141,58 @@ class MeshSettings(_Part):
     """Longest reply an agent may send; longer replies are cut with a note."""
     next_wait_s: float = Field(default=20.0, gt=0, le=300)
     """How long a request for the next message waits before answering "nothing yet"."""
+    allowed_models: list[str] = [DEFAULT_MODEL]
+    """Entries of [models] every agent may call; the first is used when an agent names none."""
+    allowed_models_by_user: dict[str, list[str]] = {}
+    """Per-user replacement of `allowed_models`, keyed by internal user id."""
+
+
+class VaultSettings(_Part):
+    """Where provider secrets are kept, encrypted, and where the key that opens them is."""
+
+    store: Path | None = None
+    """The encrypted store; unset: <data_dir>/vault/secrets.json."""
+    key_file: Path | None = None
+    """The 32-byte master key (base64); unset: <data_dir>/vault/master.key, made on first use."""
+    key: SecretStr | None = None
+    """The master key itself (base64), e.g. from STOCKADE_VAULT__KEY; wins over key_file."""
+
+
+class Caps(_Part):
+    """Spending caps in US dollars per window; unset means no cap on that window."""
+
+    daily_usd: float | None = Field(default=None, ge=0)
+    monthly_usd: float | None = Field(default=None, ge=0)
+
+
+class BudgetSettings(_Part):
+    """Spending caps, checked and reserved before every model call."""
+
+    user: Caps = Caps(daily_usd=1.0, monthly_usd=20.0)
+    """Every user's caps unless overridden."""
+    overrides: dict[str, Caps] = {}
+    """Per-user caps, keyed by internal user id; they replace `user` for that user."""
+    total: Caps = Caps(monthly_usd=200.0)
+    """Caps on the spend of all users together."""
+    warn_at: float = Field(default=0.8, gt=0, le=1)
+    """A user is told once per window when their spend passes this fraction of a cap."""
+    timezone: str = "UTC"
+    """Where days and months begin and end (an IANA name)."""
+    reservation_ttl_s: int = Field(default=900, ge=10, le=86_400)
+    """An unsettled reservation expires after this long and is billed at its reserved amount."""
+    ledger_dir: Path | None = None
+    """The append-only spend ledger; unset: <data_dir>/ledger."""
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
 
 
 class RouterSettings(_Part):
@@ -242,14 +317,44 @@ class Settings(BaseSettings):
     docker: DockerSettings = DockerSettings()
     image: ImageSettings = ImageSettings()
     supervisor: SupervisorSettings = SupervisorSettings()
-    model: ModelSettings = ModelSettings()
+    models: dict[str, ModelSettings] = {DEFAULT_MODEL: ModelSettings()}
     mesh: MeshSettings = MeshSettings()
+    vault: VaultSettings = VaultSettings()
+    budget: BudgetSettings = BudgetSettings()
     channels: ChannelsSettings = ChannelsSettings()
 
     @field_validator("data_dir")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @model_validator(mode="after")
+    def _models_exist(self) -> Settings:
+        for alias, model in self.models.items():
+            if model.fallback is not None and model.fallback not in self.models:
+                raise ValueError(
+                    f"models.{alias}.fallback: no model {model.fallback!r} in [models]"
+                )
+            if model.fallback == alias:
+                raise ValueError(f"models.{alias}.fallback: a model cannot fall back to itself")
+        lists = {"mesh.allowed_models": self.mesh.allowed_models} | {
+            f"mesh.allowed_models_by_user.{user}": aliases
+            for user, aliases in self.mesh.allowed_models_by_user.items()
+        }
+        for key, aliases in lists.items():
+            for alias in aliases:
+                if alias not in self.models:
+                    raise ValueError(f"{key}: no model {alias!r} in [models]")
+        return self
+
+    def vault_store(self) -> Path:
+        return self.vault.store or self.data_dir / "vault" / "secrets.json"
+
+    def vault_key_file(self) -> Path:
+        return self.vault.key_file or self.data_dir / "vault" / "master.key"
+
+    def ledger_dir(self) -> Path:
+        return self.budget.ledger_dir or self.data_dir / "ledger"
 
     @classmethod
     def settings_customise_sources(

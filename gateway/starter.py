@@ -72,13 +72,20 @@ tmpfs_mb = 64        # the noexec /tmp
 # [supervisor.overrides.u0123456789abcdef]
 # memory_mb = 1024
 
-[model]
-# The model agents talk to, as a LiteLLM model string "<provider>/<model>".
+[models.default]
+# A model agents may call, as a LiteLLM model string "<provider>/<model>".
+# For a self-hosted OpenAI-compatible server use "hosted_vllm/<model>" with api_base.
 name = "openai/gpt-4o-mini"
-# api_base = "http://127.0.0.1:8000/v1"   # for a local OpenAI-compatible server
-# api_key: set STOCKADE_MODEL__API_KEY (agents never see it)
-max_tokens = 1024
+# api_base = "http://127.0.0.1:8000/v1"
+# The vault entry holding the provider key: `stockade vault set openai`.
+# Agents never see it. Remove the line for a server that needs no key.
+secret = "openai"
+max_tokens = 1024    # per call; an agent may ask for fewer, never more
 timeout_s = 60.0
+retries = 2          # connection errors, 429 and 5xx, with backoff
+# fallback = "backup"   # another [models.NAME] to use when this one keeps failing
+# Without a price in LiteLLM's cost map the model is refused, unless priced here:
+# price = { input_usd_per_mtok = 0.15, output_usd_per_mtok = 0.60 }
 
 [mesh]
 # Limits on what an agent may send through its one door.
@@ -86,6 +93,38 @@ max_request_bytes = 1000000
 max_reply_chars = 20000
 # How long an agent's request for its next message waits (seconds).
 next_wait_s = 20.0
+# The [models] every agent may call; the first is used when the agent names none.
+allowed_models = ["default"]
+# Per-user replacements, by internal user id:
+# [mesh.allowed_models_by_user]
+# u0123456789abcdef = ["default", "backup"]
+
+[vault]
+# Provider keys, encrypted (AES-256-GCM). Manage them with `stockade vault`.
+# store = "<data_dir>/vault/secrets.json"
+# key_file = "<data_dir>/vault/master.key"   # made on first `stockade vault set`
+# or the key itself: set STOCKADE_VAULT__KEY (base64 of 32 bytes)
+
+[budget]
+# Every model call reserves its worst-case cost first; a user past a cap is refused
+# with the time the budget resets. Caps in US dollars; leave one out for no cap.
+warn_at = 0.8              # users are told once per window when they pass 80 %
+timezone = "UTC"           # where days and months begin
+reservation_ttl_s = 900    # an unsettled reservation expires billed in full
+# ledger_dir = "<data_dir>/ledger"
+
+[budget.user]
+daily_usd = 1.0
+monthly_usd = 20.0
+
+[budget.total]
+# All users together.
+monthly_usd = 200.0
+
+# Per-user caps, by internal user id:
+# [budget.overrides.u0123456789abcdef]
+# daily_usd = 5.0
+# monthly_usd = 50.0
 
 [channels.console]
 # `stockade chat` talks to the gateway from a terminal.

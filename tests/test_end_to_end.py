@@ -49,9 +49,11 @@ def environment(data_dir: Path, model_url: str) -> dict[str, str]:
         "PYTHONPATH": str(REPO),
         "STOCKADE_DATA_DIR": str(data_dir),
         "STOCKADE_IMAGE__NAME": TEST_IMAGE.name,
-        "STOCKADE_MODEL__NAME": "openai/fake",
-        "STOCKADE_MODEL__API_BASE": model_url,
-        "STOCKADE_MODEL__API_KEY": CANARY_KEY,
+        "STOCKADE_MODELS__DEFAULT__NAME": "openai/fake",
+        "STOCKADE_MODELS__DEFAULT__API_BASE": model_url,
+        "STOCKADE_MODELS__DEFAULT__SECRET": "provider",
+        "STOCKADE_MODELS__DEFAULT__PRICE__INPUT_USD_PER_MTOK": "0.15",
+        "STOCKADE_MODELS__DEFAULT__PRICE__OUTPUT_USD_PER_MTOK": "0.60",
         "STOCKADE_SUPERVISOR__LIMITS__MEMORY_MB": "128",
     }
 
@@ -64,6 +66,13 @@ async def gateway(agent_image: str) -> AsyncIterator[Gateway]:
         with tempfile.TemporaryDirectory(prefix="stk-e2e-", dir="/tmp") as tmp:
             data_dir = Path(tmp)
             env = environment(data_dir, model.url)
+            # The operator's way in: the key on stdin, into the vault, before `up`.
+            vault = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway.cli", "vault", "set", "provider", env=env,
+                stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            _, vault_err = await vault.communicate(CANARY_KEY.encode())
+            assert vault.returncode == 0, vault_err.decode()
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "gateway.cli", "up", env=env, stderr=asyncio.subprocess.PIPE
             )

@@ -1,8 +1,9 @@
-"""The commands everyone has: /help and /whoami."""
+"""The commands everyone has: /help, /whoami and /usage."""
 
 from __future__ import annotations
 
 from gateway.commands._registry import Command, CommandContext, Registry
+from gateway.commands._usage import UsageOf, usage_command
 from gateway.errors import CommandError
 
 
@@ -23,8 +24,11 @@ async def _whoami(context: CommandContext, args: tuple[str, ...]) -> str:
     )
 
 
-def default_registry(prefix: str = "/") -> Registry:
+def default_registry(prefix: str = "/", usage_of: UsageOf | None = None) -> Registry:
+    """The commands everyone has; /usage where the budget gate can be read."""
     registry = Registry(prefix)
     registry.add(Command("help", "list the commands", "help", _help))
     registry.add(Command("whoami", "show who Stockade thinks you are", "whoami", _whoami))
+    if usage_of is not None:
+        registry.add(usage_command(usage_of))
     return registry

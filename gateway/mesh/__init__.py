@@ -4,12 +4,14 @@ Each agent speaks HTTP/1.1 + JSON on its own socket, which is its identity:
 
     GET  /v1/next?wait=S         the user's next message, or 204 after S seconds
     POST /v1/reply               {"id", "text", "final"}: sanitized, sent to the message's chat
-    POST /v1/chat/completions    OpenAI-compatible; allowlisted fields, the operator's key
+    POST /v1/chat/completions    OpenAI-compatible: an allowed model, within budget, with the
+                                 vault's key (`ModelCalls`)
 """
 
 from __future__ import annotations
 
+from gateway.mesh._calls import Keys, ModelCalls, Notify
 from gateway.mesh._mesh import Mesh
 from gateway.mesh._server import AGENT_GROUP, SOCKET_NAME
 
-__all__ = ["AGENT_GROUP", "SOCKET_NAME", "Mesh"]
+__all__ = ["AGENT_GROUP", "SOCKET_NAME", "Keys", "Mesh", "ModelCalls", "Notify"]

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Final
 
 from gateway.bus import Bus
-from gateway.mesh._model import Model
+from gateway.mesh._calls import ModelCalls
 from gateway.mesh._server import SOCKET_NAME, Door
-from gateway.settings import MeshSettings, ModelSettings
+from gateway.settings import MeshSettings
 
 SOCKET_PATH_MAX: Final = 107
 """Bytes in a unix socket path, the terminating NUL excluded (sun_path is 108 on Linux)."""
@@ -32,19 +32,17 @@ def socket_dir_of(socket_dir: Path, user_id: str) -> Path:
 class Mesh:
     """The agent-facing server: `open` a user's door before their agent starts, `close` after."""
 
-    def __init__(
-        self, bus: Bus, model: ModelSettings, mesh: MeshSettings, socket_dir: Path
-    ) -> None:
+    def __init__(self, bus: Bus, calls: ModelCalls, mesh: MeshSettings, socket_dir: Path) -> None:
         self._bus = bus
-        self._model = Model(model)
+        self._calls = calls
         self._settings = mesh
         self._socket_dir = socket_dir
         self._doors: dict[str, Door] = {}
         self._lock = asyncio.Lock()
 
     async def warm(self) -> None:
-        """Load the model client now rather than on the first agent's first call."""
-        await self._model.warm()
+        """Load the model client and prices now rather than on the first agent's first call."""
+        await self._calls.warm()
 
     async def open(self, user_id: str) -> Path:
         """Listen on `user_id`'s socket; the directory to mount into the agent (idempotent).
@@ -64,7 +62,7 @@ class Mesh:
                 return directory
             self._socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             directory.mkdir(mode=0o700, exist_ok=True)
-            door = Door(user_id, path, self._bus, self._model, self._settings)
+            door = Door(user_id, path, self._bus, self._calls, self._settings)
             await door.start()
             self._doors[user_id] = door
         log.info("opened the door of %s", user_id)

@@ -11,10 +11,11 @@ import asyncio
 import importlib
 import logging
 import os
+import random
 import threading
 import time
 from types import ModuleType
-from typing import Any
+from typing import Any, Final
 
 from gateway.mesh._protocol import ProviderFailed
 from gateway.settings import ModelSettings
@@ -56,60 +57,104 @@ def _status(exc: BaseException) -> int | None:
     return status if isinstance(status, int) and not isinstance(status, bool) else None
 
 
-class Model:
-    """Calls the configured model; the key and endpoint come from settings, never the agent."""
+RETRY_STATUSES: Final = frozenset((408, 409, 429, 500, 502, 503, 504, 529))
+"""Provider answers worth another try: overload, rate limits and server errors."""
+BACKOFF_S: Final = 0.5
+"""The first retry waits about this long; each further one twice as long, with jitter."""
+BACKOFF_MAX_S: Final = 8.0
 
-    def __init__(self, settings: ModelSettings) -> None:
-        self._settings = settings
 
-    @property
-    def name(self) -> str:
-        return self._settings.name
+def retryable(failure: ProviderFailed) -> bool:
+    """Worth another try: no answer at all, or an overload or server error."""
+    return (
+        failure.provider_status is None and not failure.timed_out
+    ) or failure.provider_status in RETRY_STATUSES
 
-    @property
-    def max_tokens(self) -> int:
-        return self._settings.max_tokens
 
-    async def warm(self) -> None:
-        """Import LiteLLM now, so the first agent's call does not wait for it."""
-        await _litellm()
+def backoff_s(attempt: int) -> float:
+    """The wait before retry number `attempt` (1, 2, ...): exponential, capped, jittered."""
+    ceiling = min(BACKOFF_MAX_S, BACKOFF_S * 2.0 ** (attempt - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
 
-    async def complete(self, params: dict[str, Any], user_id: str) -> dict[str, Any]:
-        """The provider's answer as a JSON-ready dict; `ProviderFailed` when it fails.
 
-        `params` are the checked, allowlisted fields from `parse_chat`.
-        """
-        litellm, provider_errors = await _litellm()
-        settings = self._settings
-        key = settings.api_key.get_secret_value() if settings.api_key is not None else None
+async def price_per_token(settings: ModelSettings) -> tuple[float, float] | None:
+    """USD per input and per output token: the configured price, else LiteLLM's cost map.
+
+    None when neither knows the model: the caller refuses to spend on it.
+    """
+    if settings.price is not None:
+        return (
+            settings.price.input_usd_per_mtok / 1_000_000,
+            settings.price.output_usd_per_mtok / 1_000_000,
+        )
+    litellm, _ = await _litellm()
+    try:
+        info = litellm.get_model_info(settings.name)
+    except litellm.exceptions.ModelNotMappedError:
+        return None
+    prices = (info.get("input_cost_per_token"), info.get("output_cost_per_token"))
+    if not all(isinstance(p, int | float) and p >= 0 for p in prices):
+        return None
+    return (float(prices[0]), float(prices[1]))
+
+
+async def warm() -> None:
+    """Import LiteLLM now, so the first agent's call does not wait for it."""
+    await _litellm()
+
+
+async def _attempt(
+    settings: ModelSettings, key: str | None, params: dict[str, Any]
+) -> dict[str, Any]:
+    litellm, provider_errors = await _litellm()
+    try:
+        response = await litellm.acompletion(
+            model=settings.name,
+            api_base=settings.api_base,
+            api_key=key,
+            timeout=settings.timeout_s,
+            # Retries happen in `complete`, where each is logged and bounded.
+            max_retries=0,
+            # Only plain function tools reach here. LiteLLM's MCP gateway path would
+            # be skipped for them anyway, but checking for it imports the optional
+            # `mcp` package, which is not installed: any call with tools failed.
+            _skip_mcp_handler=True,
+            **params,
+        )
+    except provider_errors as exc:
+        # The type and status only: provider messages can quote keys or URLs.
+        raise ProviderFailed(_status(exc), timed_out=isinstance(exc, litellm.Timeout)) from None
+    answer: dict[str, Any] = response.model_dump()
+    return answer
+
+
+async def complete(
+    settings: ModelSettings, key: str | None, params: dict[str, Any], user_id: str
+) -> dict[str, Any]:
+    """The provider's answer as a JSON-ready dict, retrying what is worth retrying.
+
+    `params` are the checked, allowlisted fields from `parse_chat`; `key` comes from
+    the vault, never from the agent. Raises `ProviderFailed` once retries are spent.
+    """
+    attempt = 0
+    while True:
         started = time.monotonic()
         try:
-            response = await litellm.acompletion(
-                model=settings.name,
-                api_base=settings.api_base,
-                api_key=key,
-                timeout=settings.timeout_s,
-                # Retries are the agent's choice: one call here is one bounded wait.
-                max_retries=0,
-                # Only plain function tools reach here. LiteLLM's MCP gateway path would
-                # be skipped for them anyway, but checking for it imports the optional
-                # `mcp` package, which is not installed: any call with tools failed.
-                _skip_mcp_handler=True,
-                **params,
-            )
-        except provider_errors as exc:
-            status = _status(exc)
-            timed_out = isinstance(exc, litellm.Timeout)
-            # The type and status only: provider messages can quote keys or URLs.
+            answer = await _attempt(settings, key, params)
+        except ProviderFailed as failure:
             log.warning(
-                "model call for %s failed after %.2f s: %s (status %s)",
+                "model call to %s for %s failed after %.2f s (status %s%s)",
+                settings.name,
                 user_id,
                 time.monotonic() - started,
-                type(exc).__name__,
-                status,
+                failure.provider_status,
+                ", timed out" if failure.timed_out else "",
             )
-            raise ProviderFailed(status, timed_out=timed_out) from None
-        answer: dict[str, Any] = response.model_dump()
+            attempt += 1
+            if attempt > settings.retries or not retryable(failure):
+                raise
+            await asyncio.sleep(backoff_s(attempt))
+            continue
         usage = answer.get("usage") or {}
         log.debug(
             "model call for %s took %.3f s (%s prompt + %s completion tokens)",

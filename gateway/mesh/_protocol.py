@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -33,6 +34,27 @@ MAX_TOOL_CALLS: Final = 128
 MAX_CONTENT_PARTS: Final = 256
 MAX_STOP: Final = 4
 MAX_NAME_CHARS: Final = 256
+
+# Fields and headers by which a caller could choose a key, an endpoint or a provider:
+# an agent sending one is refused outright, so a confused agent learns why at once
+# rather than having its choice silently dropped.
+_STEERING_FIELD: Final = re.compile(
+    r"key|secret|token|credential|password|auth|url|base|header|provider|organi[sz]ation"
+    r"|project|region|location|deployment|proxy|model_list|mock|^extra_",
+    re.IGNORECASE,
+)
+_HARMLESS_FIELDS: Final = frozenset(("max_tokens", "max_completion_tokens"))
+CREDENTIAL_HEADERS: Final = frozenset(
+    (
+        "authorization",
+        "proxy-authorization",
+        "api-key",
+        "x-api-key",
+        "x-goog-api-key",
+        "openai-organization",
+        "openai-project",
+    )
+)
 
 CUT_NOTE: Final = "\n\n[reply shortened: it was longer than {limit} characters]"
 
@@ -54,6 +76,7 @@ class ProviderFailed(Rejected):
 
     def __init__(self, provider_status: int | None, *, timed_out: bool = False) -> None:
         self.provider_status = provider_status
+        self.timed_out = timed_out
         if timed_out:
             message = "the model provider did not answer in time"
         elif provider_status is None:
@@ -299,25 +322,62 @@ def _stop(value: Any) -> str | list[str]:
     return list(value)
 
 
-def parse_chat(value: Any, model_name: str, max_tokens: int) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    alias: str
+    """Which entry of [models] the agent asked for (or the first it may use)."""
+    params: dict[str, Any]
+
+
+def refuse_credential_headers(names: Iterable[str]) -> None:
+    """403 when a request to the mesh carries a key of its own: the mesh holds the keys."""
+    for name in names:
+        if name.lower() in CREDENTIAL_HEADERS:
+            raise Rejected(
+                403, "not_allowed", f"the {name} header is not allowed: the mesh adds the key"
+            )
+
+
+def _refuse_steering(body: Mapping[str, Any]) -> None:
+    for name in body:
+        if name not in _HARMLESS_FIELDS and _STEERING_FIELD.search(name):
+            shown = name[:MAX_NAME_CHARS]
+            raise Rejected(
+                403,
+                "not_allowed",
+                f"{shown!r} is not allowed: the mesh chooses the provider, endpoint and key",
+            )
+
+
+def _alias(value: Any, caps: Mapping[str, int]) -> str:
+    if value is None:
+        return next(iter(caps))
+    if isinstance(value, str) and value in caps:
+        return value
+    shown = value[:80] if isinstance(value, str) else type(value).__name__
+    allowed = ", ".join(repr(alias) for alias in caps)
+    raise Rejected(
+        403, "model_not_allowed", f"model {shown!r} is not allowed; omit model or use {allowed}"
+    )
+
+
+def parse_chat(value: Any, caps: Mapping[str, int]) -> ChatRequest:
     """The allowlisted parameters of an OpenAI chat request, checked and rebuilt.
 
-    Only messages, tools, tool_choice, max_tokens, temperature, top_p and stop are
-    kept; every other field (keys, URLs, headers, metadata, ...) is dropped. A
-    `model` other than the configured one is refused with 403; `max_tokens` (or its
-    newer name `max_completion_tokens`) is clamped to the configured cap and always
+    `caps` maps each model this agent may use to its `max_tokens` cap; the first is
+    the one used when the request names none. A `model` outside it is refused with
+    403, and so is any field that could steer the key, endpoint or provider. Of the
+    rest only messages, tools, tool_choice, max_tokens, temperature, top_p and stop
+    are kept; others (metadata, n, logit_bias, ...) are dropped. `max_tokens` (or
+    its newer name `max_completion_tokens`) is clamped to the model's cap and always
     set, so a call's worst case is known. Tool results are sanitized: they re-enter
     the prompt from outside.
     """
+    if not caps:
+        raise Rejected(403, "model_not_allowed", "no model is allowed for this agent")
     body = _object(value, "the body")
-    model = body.get("model")
-    if model is not None and model != model_name:
-        shown = model[:80] if isinstance(model, str) else type(model).__name__
-        raise Rejected(
-            403,
-            "model_not_allowed",
-            f"model {shown!r} is not allowed; omit model or use {model_name!r}",
-        )
+    alias = _alias(body.get("model"), caps)
+    _refuse_steering(body)
     if body.get("stream") not in (None, False):
         raise _bad("stream is not supported; ask without it")
     messages = body.get("messages")
@@ -327,7 +387,7 @@ def parse_chat(value: Any, model_name: str, max_tokens: int) -> dict[str, Any]:
         raise _bad(f"messages holds more than {MAX_MESSAGES} messages")
     params: dict[str, Any] = {
         "messages": [_message(m, f"messages[{i}]") for i, m in enumerate(messages)],
-        "max_tokens": _max_tokens(body, max_tokens),
+        "max_tokens": _max_tokens(body, caps[alias]),
     }
     tools = body.get("tools")
     if tools is not None:
@@ -343,4 +403,4 @@ def parse_chat(value: Any, model_name: str, max_tokens: int) -> dict[str, Any]:
         params["top_p"] = _number(body["top_p"], "top_p", 0.0, 1.0)
     if body.get("stop") is not None:
         params["stop"] = _stop(body["stop"])
-    return params
+    return ChatRequest(alias, params)

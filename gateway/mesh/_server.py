@@ -8,6 +8,7 @@ a conversation or a key.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import stat
 from collections import OrderedDict, deque
@@ -21,7 +22,7 @@ from redis.exceptions import ResponseError
 from gateway.bus import Bus, Delivery, agent_stream, out_stream
 from gateway.envelope import Inbound, reply
 from gateway.errors import RedisUnavailable, StaleDelivery
-from gateway.mesh._model import Model
+from gateway.mesh._calls import ModelCalls
 from gateway.mesh._protocol import (
     Rejected,
     error_body,
@@ -30,6 +31,7 @@ from gateway.mesh._protocol import (
     parse_json,
     parse_reply,
     parse_wait,
+    refuse_credential_headers,
     reply_text,
 )
 from gateway.settings import MeshSettings
@@ -105,12 +107,12 @@ class Door:
     """The server on one agent's socket, and what it remembers about that agent's turns."""
 
     def __init__(
-        self, user_id: str, path: Path, bus: Bus, model: Model, settings: MeshSettings
+        self, user_id: str, path: Path, bus: Bus, calls: ModelCalls, settings: MeshSettings
     ) -> None:
         self.user_id = user_id
         self.path = path
         self._bus = bus
-        self._model = model
+        self._calls = calls
         self._settings = settings
         self._stream = agent_stream(user_id)
         self._turns: OrderedDict[str, _Turn] = OrderedDict()
@@ -296,7 +298,23 @@ class Door:
     # -- POST /v1/chat/completions -----------------------------------------------------
 
     async def _chat(self, request: web.Request) -> web.Response:
-        params = parse_chat(await self._body(request), self._model.name, self._model.max_tokens)
+        refuse_credential_headers(request.headers.keys())
+        chat = parse_chat(await self._body(request), self._calls.caps(self.user_id))
         async with self._model_slots:
-            answer = await self._model.complete(params, self.user_id)
+            answer = await self._calls.chat(self.user_id, chat, self._notify)
         return web.json_response(answer)
+
+    async def _notify(self, text: str) -> None:
+        """Tell the user something from the gateway (a budget warning), in their latest chat."""
+        turn = next(reversed(self._turns.values()), None)
+        if turn is None:
+            log.warning("no open message of %s to attach a notice to", self.user_id)
+            return
+        suffix = "notice-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+        envelope = reply(turn.inbound, text, suffix, self.user_id)
+        try:
+            await self._bus.publish(
+                out_stream(turn.inbound.channel), envelope, dedupe=envelope.outbound_id
+            )
+        except RedisUnavailable:
+            log.warning("could not send a notice to %s: Redis is unavailable", self.user_id)

@@ -1,5 +1,26 @@
-"""Decisions about people: who they are (identity); access and budgets come later."""
+"""Decisions about people: who they are (identity) and what they may spend (budget).
 
+`budget` holds the pure arithmetic (money, windows, the clamp rule, reports);
+`BudgetGate` reserves before each model call and settles after it, in Redis, with
+a durable ledger (`Ledger`) it can be rebuilt from.
+"""
+
+from gateway.policy._budget_store import BudgetGate, Outcome, Reservation, Settlement
+from gateway.policy._ledger import Ledger
+from gateway.policy.budget import TokenPrice, Usage, WindowUse, render_usage, render_warning
 from gateway.policy.identity import Identities, identity_field
 
-__all__ = ["Identities", "identity_field"]
+__all__ = [
+    "BudgetGate",
+    "Identities",
+    "Ledger",
+    "Outcome",
+    "Reservation",
+    "Settlement",
+    "TokenPrice",
+    "Usage",
+    "WindowUse",
+    "identity_field",
+    "render_usage",
+    "render_warning",
+]

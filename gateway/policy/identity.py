@@ -25,6 +25,10 @@ def identity_field(channel: str, platform_user: str) -> str:
     return f"{channel}:{platform_user}"
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def new_user_id() -> str:
     return "u" + secrets.token_hex(_ID_BYTES)
 
@@ -47,4 +51,23 @@ class Identities:
             raise RedisUnavailable(f"identity lookup failed: {type(exc).__name__}") from None
         if existing is None:
             raise RedisUnavailable("identity vanished right after it was written")
-        return existing.decode() if isinstance(existing, bytes) else str(existing)
+        return _text(existing)
+
+    async def lookup(self, channel: str, platform_user: str) -> str | None:
+        """The id of a platform identity already seen, or None; never creates one."""
+        try:
+            found = await self._client.hget(IDENTITY_KEY, identity_field(channel, platform_user))
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise RedisUnavailable(f"identity lookup failed: {type(exc).__name__}") from None
+        return None if found is None else _text(found)
+
+    async def everyone(self) -> dict[str, list[str]]:
+        """Every internal user id, with the platform identities ("channel:user") it has."""
+        try:
+            mapping = await self._client.hgetall(IDENTITY_KEY)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise RedisUnavailable(f"identity listing failed: {type(exc).__name__}") from None
+        users: dict[str, list[str]] = {}
+        for field, user_id in mapping.items():
+            users.setdefault(_text(user_id), []).append(_text(field))
+        return {user: sorted(fields) for user, fields in sorted(users.items())}

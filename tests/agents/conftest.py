@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from pydantic import SecretStr
 
 from gateway.bus import Bus, agent_stream, out_stream
 from gateway.envelope import Inbound, Outbound, decode_outbound
 from gateway.mesh import AGENT_GROUP, SOCKET_NAME, Mesh
-from gateway.settings import BusSettings, MeshSettings, ModelSettings
+from gateway.settings import BusSettings, MeshSettings
+from tests.calls import model_calls, priced_model
 from tests.fakes.model_server import FakeModelServer, running_model_server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,16 +133,13 @@ async def stack(redis: aioredis.Redis) -> AsyncIterator[Stack]:
         root = Path(tmp)
         workspace = root / "workspace"
         workspace.mkdir()
-        async with running_model_server() as model:
+        async with running_model_server() as model, contextlib.AsyncExitStack() as stack_calls:
             bus = Bus(redis, BusSettings())
-            settings = ModelSettings(
-                name="openai/fake-model",
-                api_base=model.url,
-                api_key=SecretStr(KEY),
-                max_tokens=512,
-                timeout_s=10.0,
+            entry = priced_model(model.url, max_tokens=512, timeout_s=10.0)
+            calls = await stack_calls.enter_async_context(
+                model_calls(redis, root / "calls", {"default": entry}, key=KEY)
             )
-            mesh = Mesh(bus, settings, MeshSettings(next_wait_s=2.0), root / "sockets")
+            mesh = Mesh(bus, calls.calls, MeshSettings(next_wait_s=2.0), root / "sockets")
             await mesh.warm()
             await mesh.open(USER)
             stack = Stack(redis, bus, mesh, model, root, root / "sockets", workspace)

@@ -7,6 +7,7 @@ body, so tests can check what actually reached the provider.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import time
@@ -23,9 +24,10 @@ DEFAULT_TEXT: Final = "(the fake model has no scripted reply left)"
 
 @dataclass(frozen=True)
 class Text:
-    """An assistant message with text content."""
+    """An assistant message with text content; usage reports `completion_tokens` if given."""
 
     text: str
+    completion_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,15 @@ class Failure:
     message: str = "the fake provider failed"
 
 
-Reply = Text | ToolCalls | Failure
+@dataclass(frozen=True)
+class Slow:
+    """`reply`, after `seconds`: a provider that takes its time."""
+
+    seconds: float
+    reply: Text | ToolCalls | Failure
+
+
+Reply = Text | ToolCalls | Failure | Slow
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,9 @@ class FakeModelServer:
         body = json.loads(raw)
         self.requests.append(Received(dict(request.headers), body))
         reply: Reply = self.script.popleft() if self.script else Text(DEFAULT_TEXT)
+        if isinstance(reply, Slow):
+            await asyncio.sleep(reply.seconds)
+            reply = reply.reply
         if isinstance(reply, Failure):
             error = {"error": {"message": reply.message, "type": "server_error", "code": None}}
             return web.json_response(error, status=reply.status)
@@ -88,7 +101,7 @@ class FakeModelServer:
         if isinstance(reply, Text):
             message = {"role": "assistant", "content": reply.text}
             finish = "stop"
-            completion_tokens = max(1, len(reply.text) // 4)
+            completion_tokens = reply.completion_tokens or max(1, len(reply.text) // 4)
         else:
             message = {
                 "role": "assistant",

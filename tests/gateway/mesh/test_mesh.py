@@ -14,12 +14,12 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from pydantic import SecretStr
 
 from gateway.bus import Bus, agent_stream, out_stream
 from gateway.envelope import Inbound, Outbound, decode_outbound
 from gateway.mesh import AGENT_GROUP, SOCKET_NAME, Mesh
-from gateway.settings import BusSettings, MeshSettings, ModelSettings
+from gateway.settings import BudgetSettings, BusSettings, Caps, MeshSettings, Price
+from tests.calls import Calls, model_calls, priced_model
 from tests.fakes.model_server import (
     Failure,
     FakeModelServer,
@@ -56,15 +56,17 @@ async def bus(redis: aioredis.Redis) -> Bus:
 
 
 @pytest.fixture
-async def mesh(bus: Bus, fake_model: FakeModelServer, socket_dir: Path) -> AsyncIterator[Mesh]:
-    model = ModelSettings(
-        name=MODEL,
-        api_base=fake_model.url,
-        api_key=SecretStr(KEY),
-        max_tokens=MAX_TOKENS,
-        timeout_s=5.0,
-    )
-    mesh = Mesh(bus, model, SETTINGS, socket_dir)
+async def calls(
+    redis: aioredis.Redis, fake_model: FakeModelServer, socket_dir: Path
+) -> AsyncIterator[Calls]:
+    models = {"default": priced_model(fake_model.url, MODEL, max_tokens=MAX_TOKENS)}
+    async with model_calls(redis, socket_dir.parent / "calls", models, key=KEY) as built:
+        yield built
+
+
+@pytest.fixture
+async def mesh(bus: Bus, calls: Calls, socket_dir: Path) -> AsyncIterator[Mesh]:
+    mesh = Mesh(bus, calls.calls, SETTINGS, socket_dir)
     yield mesh
     await mesh.aclose()
 
@@ -162,8 +164,8 @@ async def test_a_user_id_that_is_not_a_plain_name_opens_nothing(mesh: Mesh, user
         await mesh.open(user_id)
 
 
-async def test_a_socket_path_too_long_for_unix_sockets_is_refused(bus: Bus) -> None:
-    mesh = Mesh(bus, ModelSettings(), SETTINGS, Path("/tmp") / ("d" * 100))
+async def test_a_socket_path_too_long_for_unix_sockets_is_refused(bus: Bus, calls: Calls) -> None:
+    mesh = Mesh(bus, calls.calls, SETTINGS, Path("/tmp") / ("d" * 100))
     with pytest.raises(ValueError, match="107"):
         await mesh.open(ALICE)
 
@@ -356,35 +358,56 @@ async def test_a_malformed_reply_is_400(alice: Agent, body: dict[str, Any]) -> N
 HELLO = [{"role": "user", "content": "hi"}]
 
 
-async def test_chat_completion_reaches_the_provider_with_the_configured_key_only(
+async def test_chat_completion_reaches_the_provider_with_the_vaults_key_only(
     alice: Agent, fake_model: FakeModelServer
 ) -> None:
     fake_model.push(Text("hello from the model"))
-    junk = {
-        "messages": HELLO,
-        "api_key": "sk-agent-own",
-        "api_base": "http://evil.example/v1",
-        "base_url": "http://evil.example/v1",
-        "extra_headers": {"X-Leak": "1"},
-        "headers": {"X-Leak": "1"},
-        "user": "someone-else",
-        "metadata": {"user_id": BOB},
-        "logit_bias": {"1": 100},
-        "n": 5,
-    }
+    extra = {"user": "someone-else", "metadata": {"user_id": BOB}, "logit_bias": {"1": 100}, "n": 5}
 
-    status, body = await alice.chat(junk, headers={"Authorization": "Bearer sk-agent-own"})
+    status, body = await alice.chat({"messages": HELLO, **extra})
 
     assert status == 200
     assert body["choices"][0]["message"]["content"] == "hello from the model"
     assert body["usage"]["completion_tokens"] > 0
     (received,) = fake_model.requests
     assert received.authorization == f"Bearer {KEY}"
-    assert "X-Leak" not in received.headers
     assert received.body["model"] == "fake-model"
-    for field in ("api_key", "api_base", "base_url", "user", "metadata", "logit_bias", "n"):
+    for field in extra:
         assert field not in received.body
-    assert "sk-agent-own" not in json.dumps(received.body)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("api_key", "sk-agent-own"),
+        ("api_base", "http://127.0.0.1:9/v1"),
+        ("base_url", "http://127.0.0.1:9/v1"),
+        ("extra_headers", {"Authorization": "Bearer sk-agent-own"}),
+        ("headers", {"X-Leak": "1"}),
+        ("custom_llm_provider", "anthropic"),
+        ("model", "openai/gpt-4o"),
+        ("model", "fake-model"),
+    ],
+)
+async def test_an_agent_steering_key_endpoint_or_model_is_refused_before_the_provider(
+    alice: Agent, fake_model: FakeModelServer, field: str, value: Any
+) -> None:
+    status, body = await alice.chat({"messages": HELLO, field: value})
+
+    assert status == 403
+    assert body["error"]["type"] in ("not_allowed", "model_not_allowed")
+    assert fake_model.requests == []
+
+
+@pytest.mark.parametrize("header", ["Authorization", "X-Api-Key", "api-key"])
+async def test_an_agent_sending_its_own_key_header_is_refused(
+    alice: Agent, fake_model: FakeModelServer, header: str
+) -> None:
+    status, body = await alice.chat({"messages": HELLO}, headers={header: "Bearer sk-agent-own"})
+
+    assert status == 403
+    assert body["error"]["type"] == "not_allowed"
+    assert fake_model.requests == []
 
 
 async def test_tools_and_tool_results_pass_through(
@@ -422,8 +445,8 @@ async def test_max_tokens_is_clamped_to_the_configured_cap(
     assert fake_model.requests[0].body["max_tokens"] == sent
 
 
-async def test_the_configured_model_may_be_named(alice: Agent, fake_model: FakeModelServer) -> None:
-    status, _ = await alice.chat({"model": MODEL, "messages": HELLO})
+async def test_an_allowed_model_may_be_named(alice: Agent, fake_model: FakeModelServer) -> None:
+    status, _ = await alice.chat({"model": "default", "messages": HELLO})
     assert status == 200
     assert len(fake_model.requests) == 1
 
@@ -456,17 +479,18 @@ async def test_a_provider_failure_is_502_without_the_key_or_the_url(
     assert "127.0.0.1" not in text
 
 
-async def test_an_unreachable_provider_is_502_without_the_url(bus: Bus, socket_dir: Path) -> None:
-    model = ModelSettings(
-        name=MODEL, api_base="http://127.0.0.1:9/v1", api_key=SecretStr(KEY), timeout_s=2.0
-    )
-    mesh = Mesh(bus, model, SETTINGS, socket_dir)
-    agent = Agent(await mesh.open(ALICE))
-    try:
-        status, body = await agent.chat({"messages": HELLO})
-    finally:
-        await agent.close()
-        await mesh.aclose()
+async def test_an_unreachable_provider_is_502_without_the_url(
+    redis: aioredis.Redis, bus: Bus, socket_dir: Path
+) -> None:
+    models = {"default": priced_model("http://127.0.0.1:9/v1", MODEL, timeout_s=2.0)}
+    async with model_calls(redis, socket_dir.parent / "calls", models, key=KEY) as built:
+        mesh = Mesh(bus, built.calls, SETTINGS, socket_dir)
+        agent = Agent(await mesh.open(ALICE))
+        try:
+            status, body = await agent.chat({"messages": HELLO})
+        finally:
+            await agent.close()
+            await mesh.aclose()
     assert status == 502
     assert "127.0.0.1" not in json.dumps(body)
     assert KEY not in json.dumps(body)
@@ -543,13 +567,13 @@ async def test_a_message_read_for_an_agent_that_hung_up_goes_to_its_next_poll(
 
 
 async def test_a_message_in_flight_when_the_mesh_restarts_is_handed_out_again(
-    redis: aioredis.Redis, bus: Bus, mesh: Mesh, alice: Agent, socket_dir: Path
+    redis: aioredis.Redis, bus: Bus, mesh: Mesh, alice: Agent, socket_dir: Path, calls: Calls
 ) -> None:
     await bus.publish(agent_stream(ALICE), inbound(ALICE, 1, "first"))
     _, before = await alice.next()
     await mesh.aclose()
 
-    restarted = Mesh(Bus(redis, BusSettings()), ModelSettings(), SETTINGS, socket_dir)
+    restarted = Mesh(Bus(redis, BusSettings()), calls.calls, SETTINGS, socket_dir)
     again = Agent(await restarted.open(ALICE))
     try:
         status, after = await again.next()
@@ -559,3 +583,35 @@ async def test_a_message_in_flight_when_the_mesh_restarts_is_handed_out_again(
         await again.close()
         await restarted.aclose()
     assert [o.text for o in await outbox(redis)] == ["answer"]
+
+
+async def test_a_user_passing_80_percent_of_a_budget_is_told_once_in_their_chat(
+    redis: aioredis.Redis, bus: Bus, fake_model: FakeModelServer, socket_dir: Path
+) -> None:
+    # $1 per million tokens in, $2 out; a $0.01 day: 4,500 output tokens pass 80 %.
+    price = Price(input_usd_per_mtok=1.0, output_usd_per_mtok=2.0)
+    models = {"default": priced_model(fake_model.url, MODEL, price=price, max_tokens=5_000)}
+    budget = BudgetSettings(user=Caps(daily_usd=0.01), total=Caps())
+    fake_model.push(Text("a long answer", completion_tokens=4_500), Text("more"))
+    async with model_calls(
+        redis, socket_dir.parent / "calls", models, key=KEY, budget=budget
+    ) as built:
+        mesh = Mesh(bus, built.calls, SETTINGS, socket_dir)
+        agent = Agent(await mesh.open(ALICE))
+        try:
+            await bus.publish(agent_stream(ALICE), inbound(ALICE, 1, "question"))
+            _, message = await agent.next()
+            assert (await agent.chat({"messages": HELLO, "max_tokens": 4_500}))[0] == 200
+            assert (await agent.chat({"messages": HELLO, "max_tokens": 10}))[0] == 200
+            await built.calls.drain()
+            assert (await agent.reply(message["id"], "done"))[0] == 200
+        finally:
+            await agent.close()
+            await mesh.aclose()
+
+    sent = await outbox(redis)
+    notices = [o for o in sent if "80" in o.text or "%" in o.text]
+    assert len(notices) == 1, [o.text for o in sent]
+    assert "daily" in notices[0].text
+    assert notices[0].conversation_id == inbound(ALICE, 1).conversation_id
+    assert sent[-1].text == "done"

@@ -17,40 +17,76 @@ from gateway.mesh._protocol import (
     parse_json,
     parse_reply,
     parse_wait,
+    refuse_credential_headers,
     reply_text,
 )
 
-MODEL = "openai/fake-model"
+MODEL = "default"
+CAPS = {MODEL: 100, "big": 4000}
 USER = [{"role": "user", "content": "hi"}]
 
 
 def chat(**body: Any) -> dict[str, Any]:
-    return parse_chat({"messages": USER, **body}, MODEL, 100)
+    request = parse_chat({"messages": USER, **body}, CAPS)
+    return request.params
 
 
 def rejected(body: Any) -> Rejected:
     with pytest.raises(Rejected) as caught:
-        parse_chat(body, MODEL, 100)
+        parse_chat(body, CAPS)
     return caught.value
 
 
 def test_only_allowlisted_fields_survive() -> None:
     params = chat(
-        api_key="k",
-        api_base="http://x",
-        base_url="http://x",
-        extra_headers={"a": "b"},
-        extra_body={"a": "b"},
         user="u",
         metadata={},
-        mock_response="pwned",
-        model_list=[{"api_key": "k"}],
+        n=5,
+        logit_bias={"1": 100},
         temperature=0.5,
         top_p=0.9,
         stop=["\n\n"],
         tool_choice="none",
     )
     assert set(params) == {"messages", "max_tokens", "temperature", "top_p", "stop", "tool_choice"}
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        "api_key",
+        "api_base",
+        "base_url",
+        "extra_headers",
+        "headers",
+        "extra_body",
+        "custom_llm_provider",
+        "model_list",
+        "mock_response",
+        "organization",
+        "aws_secret_access_key",
+        "vertex_credentials",
+        "azure_ad_token",
+        "API_KEY",
+    ],
+)
+def test_a_field_that_could_steer_the_key_or_endpoint_is_refused(field: str) -> None:
+    error = rejected({"messages": USER, field: "http://x"})
+    assert (error.status, error.kind) == (403, "not_allowed")
+    assert field in error.message
+
+
+@pytest.mark.parametrize(
+    "header", ["Authorization", "authorization", "X-Api-Key", "api-key", "OpenAI-Organization"]
+)
+def test_a_key_in_a_request_header_is_refused(header: str) -> None:
+    with pytest.raises(Rejected) as caught:
+        refuse_credential_headers(["Content-Type", header])
+    assert (caught.value.status, caught.value.kind) == (403, "not_allowed")
+
+
+def test_ordinary_headers_pass() -> None:
+    refuse_credential_headers(["Content-Type", "Content-Length", "Host", "Accept", "User-Agent"])
 
 
 def test_unknown_keys_inside_messages_and_tools_are_dropped() -> None:
@@ -82,10 +118,23 @@ def test_max_tokens_must_be_a_positive_whole_number(value: Any) -> None:
     assert "max_tokens" in rejected({"messages": USER, "max_tokens": value}).message
 
 
-def test_the_configured_model_or_none_is_accepted_and_others_are_403() -> None:
-    chat(model=MODEL)
-    error = rejected({"messages": USER, "model": "openai/gpt-4o"})
-    assert (error.status, error.kind) == (403, "model_not_allowed")
+def test_an_allowed_model_or_none_is_accepted_and_others_are_403() -> None:
+    assert parse_chat({"messages": USER}, CAPS).alias == MODEL
+    assert parse_chat({"messages": USER, "model": "big"}, CAPS).alias == "big"
+    for model in ("openai/gpt-4o", "Default", 7):
+        error = rejected({"messages": USER, "model": model})
+        assert (error.status, error.kind) == (403, "model_not_allowed")
+
+
+def test_max_tokens_is_clamped_by_the_chosen_models_cap() -> None:
+    request = parse_chat({"messages": USER, "model": "big", "max_tokens": 10**6}, CAPS)
+    assert request.params["max_tokens"] == 4000
+
+
+def test_no_allowed_model_refuses_every_call() -> None:
+    with pytest.raises(Rejected) as caught:
+        parse_chat({"messages": USER}, {})
+    assert caught.value.status == 403
 
 
 def test_tool_output_is_sanitized_and_user_text_is_left_alone() -> None:

@@ -21,10 +21,10 @@ from gateway.settings import (
     AgentLimits,
     BusSettings,
     MeshSettings,
-    ModelSettings,
     SupervisorSettings,
 )
 from gateway.supervisor import DockerRuntime, Supervisor, deployment_id
+from tests.calls import model_calls, priced_model
 from tests.fakes.model_server import FakeModelServer, running_model_server
 
 BUS = BusSettings(claim_idle_ms=500, block_ms=50, max_deliveries=3)
@@ -104,13 +104,16 @@ async def agent_stack(
     clock = Clock()
     # Short: unix socket paths are limited to 107 bytes.
     with tempfile.TemporaryDirectory(prefix="stk-m-", dir="/tmp") as sockets:
-        async with running_model_server() as model:
-            mesh = Mesh(
-                bus,
-                ModelSettings(name="openai/fake", api_base=model.url, api_key=api_key),
-                MeshSettings(next_wait_s=1.0),
-                Path(sockets),
-            )
+        async with (
+            running_model_server() as model,
+            model_calls(
+                client,
+                Path(sockets) / "calls",
+                {"default": priced_model(model.url, "openai/fake", timeout_s=60.0)},
+                key=api_key,
+            ) as calls,
+        ):
+            mesh = Mesh(bus, calls.calls, MeshSettings(next_wait_s=1.0), Path(sockets))
             if run_loop:
                 # Only where the loop runs on its own, as in `stockade up`. LiteLLM keeps
                 # module-level state across the tests' event loops, and warming it here

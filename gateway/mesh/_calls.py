@@ -1,0 +1,227 @@
+"""An agent's model call on its way out: which model, what it may cost, whose key.
+
+For one call: the model the agent may use (`parse_chat` already checked the
+alias) → its price (configured, else LiteLLM's cost map; unpriced is refused) →
+a budget reservation for the worst case, which may lower `max_tokens` → the
+provider key from the vault, read at call time so a rotation applies at once →
+LiteLLM, with retries → the settlement at the real cost. If the model keeps
+failing and names a fallback, the fallback gets its own reservation and call.
+
+Whatever happens to the call, the reservation is settled, in the background once
+the agent has its answer: at the real cost when
+the provider reported usage, at nothing when it answered with an error, and at
+the full reserved amount when nobody can know (a timeout, a cancelled call, an
+answer without usage). A settlement that cannot be written leaves the
+reservation to expire, which bills it in full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final, Protocol
+
+from gateway.errors import (
+    BudgetError,
+    BudgetExceeded,
+    BudgetUnavailable,
+    SecretNotFound,
+    VaultError,
+)
+from gateway.mesh import _model
+from gateway.mesh._protocol import ChatRequest, ProviderFailed, Rejected
+from gateway.policy import BudgetGate, Reservation
+from gateway.policy.budget import TokenPrice, cost_nano, prompt_token_bound, render_warning
+from gateway.settings import MeshSettings, ModelSettings
+
+log = logging.getLogger("stockade.mesh")
+
+MAX_FALLBACKS: Final = 4
+"""Fallback hops one call may take; the settings refuse loops, this bounds long chains."""
+
+
+class Keys(Protocol):
+    """Where provider keys come from: the vault."""
+
+    def get(self, name: str) -> str: ...
+
+
+Notify = Callable[[str], Awaitable[None]]
+"""Tells the agent's user something from the gateway (a budget warning)."""
+
+
+def _usage(body: Mapping[str, Any]) -> tuple[int, int] | None:
+    usage = body.get("usage")
+    if not isinstance(usage, Mapping):
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (prompt, completion)
+    ):
+        return None
+    return prompt, completion  # type: ignore[return-value]
+
+
+class ModelCalls:
+    """Every agent's model calls: the models each user may use, budgets, keys, fallbacks."""
+
+    def __init__(
+        self,
+        models: Mapping[str, ModelSettings],
+        mesh: MeshSettings,
+        keys: Keys,
+        gate: BudgetGate,
+    ) -> None:
+        self._models = dict(models)
+        self._mesh = mesh
+        self._keys = keys
+        self._gate = gate
+        self._prices: dict[str, TokenPrice | None] = {}
+        self._settling: set[asyncio.Task[None]] = set()
+
+    async def warm(self) -> None:
+        """Load LiteLLM and price every model now, so no agent's first call waits."""
+        await _model.warm()
+        for alias in self._models:
+            if await self._price(alias) is None:
+                log.warning(
+                    "model %r (%s) has no price in LiteLLM's cost map and none configured: "
+                    "calls to it are refused; set [models.%s.price]",
+                    alias,
+                    self._models[alias].name,
+                    alias,
+                )
+
+    def caps(self, user_id: str) -> dict[str, int]:
+        """The models `user_id` may call, each with its max_tokens cap; the first is the default."""
+        aliases = self._mesh.allowed_models_by_user.get(user_id, self._mesh.allowed_models)
+        return {alias: self._models[alias].max_tokens for alias in aliases}
+
+    async def _price(self, alias: str) -> TokenPrice | None:
+        if alias not in self._prices:
+            per_token = await _model.price_per_token(self._models[alias])
+            self._prices[alias] = None if per_token is None else TokenPrice.from_usd(*per_token)
+        return self._prices[alias]
+
+    async def drain(self) -> None:
+        """Wait for the settlements still being written (before the ledger closes)."""
+        while self._settling:
+            await asyncio.gather(*self._settling)
+
+    async def chat(
+        self, user_id: str, request: ChatRequest, notify: Notify | None = None
+    ) -> dict[str, Any]:
+        """The provider's answer to one checked request; `Rejected` (a sentence) when refused.
+
+        The call's settlement is written after the answer is returned; `notify` hears
+        of a budget passing its warning level because of it.
+        """
+        alias = request.alias
+        for _ in range(MAX_FALLBACKS + 1):
+            try:
+                return await self._call(user_id, alias, request.params, notify)
+            except ProviderFailed as failure:
+                fallback = self._models[alias].fallback
+                if fallback is None or not _model.retryable(failure):
+                    raise
+                log.warning("model %r failed for %s; falling back to %r", alias, user_id, fallback)
+                alias = fallback
+        raise ProviderFailed(None)
+
+    async def _call(
+        self, user_id: str, alias: str, params: dict[str, Any], notify: Notify | None
+    ) -> dict[str, Any]:
+        settings = self._models[alias]
+        price = await self._price(alias)
+        if price is None:
+            raise Rejected(
+                403,
+                "model_not_priced",
+                f"model {alias!r} has no known price, so it cannot be budgeted; "
+                "the operator must configure one",
+            )
+        wanted = min(params["max_tokens"], settings.max_tokens)
+        bound = prompt_token_bound(params["messages"], params.get("tools"))
+        try:
+            reservation = await self._gate.reserve(user_id, settings.name, price, bound, wanted)
+        except BudgetExceeded as exc:
+            raise Rejected(402, "budget_exceeded", exc.sentence) from None
+        except BudgetUnavailable as exc:
+            log.error("budget state unknown for %s (%s): the call is refused", user_id, exc)
+            raise Rejected(
+                503,
+                "budget_unavailable",
+                "spending cannot be checked right now, so no model call is made; try again soon",
+            ) from None
+        return await self._spend(user_id, settings, price, reservation, params, notify)
+
+    async def _spend(
+        self,
+        user_id: str,
+        settings: ModelSettings,
+        price: TokenPrice,
+        reservation: Reservation,
+        params: dict[str, Any],
+        notify: Notify | None,
+    ) -> dict[str, Any]:
+        # Billed in full unless the call proves it cost less.
+        billed, tokens = reservation.reserved_nano, (0, 0)
+        try:
+            key = self._key(settings)
+            body = await _model.complete(
+                settings, key, {**params, "max_tokens": reservation.max_tokens}, user_id
+            )
+            used = _usage(body)
+            if used is not None:
+                tokens = used
+                billed = cost_nano(price, *used)
+            else:
+                log.warning("%s answered without usage: billed the reservation", settings.name)
+        except ProviderFailed as failure:
+            if not failure.timed_out:
+                billed = 0  # the provider refused or was unreachable: nothing was produced
+            raise
+        except Rejected:
+            billed = 0
+            raise
+        finally:
+            # In the background, off the agent's wait: a new task, so a call cancelled
+            # now (the agent left, the mesh stops) still settles.
+            task = asyncio.create_task(self._settle(user_id, reservation, billed, tokens, notify))
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
+        return body
+
+    def _key(self, settings: ModelSettings) -> str | None:
+        if settings.secret is None:
+            return None
+        try:
+            return self._keys.get(settings.secret)
+        except SecretNotFound:
+            log.error("vault has no entry %r for model %s", settings.secret, settings.name)
+        except VaultError as exc:
+            log.error("vault cannot give the key of %s: %s", settings.name, type(exc).__name__)
+        raise Rejected(503, "model_unavailable", "the model is not set up yet; tell the operator")
+
+    async def _settle(
+        self,
+        user_id: str,
+        reservation: Reservation,
+        billed: int,
+        tokens: tuple[int, int],
+        notify: Notify | None,
+    ) -> None:
+        try:
+            settlement = await self._gate.settle(reservation.id, billed, *tokens)
+        except BudgetError as exc:  # the reservation then expires and is billed in full
+            log.error(
+                "could not settle reservation %s of %s (%s): it will expire billed in full",
+                reservation.id,
+                user_id,
+                type(exc).__name__,
+            )
+            return
+        if notify is not None:
+            for crossed in settlement.crossed:
+                await notify(render_warning(crossed))

@@ -1,0 +1,27 @@
+"""The vault: provider secrets encrypted at rest (AES-256-GCM), read by the mesh at call time.
+
+`Vault` is the store; `load_key` finds the master key; `check_name`, `clean_value`
+and `render_listing` serve the `stockade vault` commands. Values leave only through
+`Vault.get`; nothing here logs, prints or repr()s a value or the key.
+"""
+
+from __future__ import annotations
+
+from gateway.vault._format import SecretEntry
+from gateway.vault._key import load_key
+from gateway.vault._lazy import VaultOnDemand
+from gateway.vault._listing import age, render_listing
+from gateway.vault._rules import MAX_VALUE_BYTES, check_name, clean_value
+from gateway.vault._vault import Vault
+
+__all__ = [
+    "MAX_VALUE_BYTES",
+    "SecretEntry",
+    "Vault",
+    "VaultOnDemand",
+    "age",
+    "check_name",
+    "clean_value",
+    "load_key",
+    "render_listing",
+]

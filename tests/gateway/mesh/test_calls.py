@@ -1,0 +1,304 @@
+"""Model calls on their way out: budget gate, vault key, retries, fallback, settlement.
+
+Real parts throughout: the vault on disk, the budget gate on the test's Redis with
+its ledger, LiteLLM, and an OpenAI-compatible fake provider on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.mesh import ModelCalls
+from gateway.mesh._protocol import ChatRequest, ProviderFailed, Rejected, parse_chat
+from gateway.policy.budget import Period, Scope
+from gateway.settings import BudgetSettings, Caps, MeshSettings, ModelSettings, Price
+from tests.calls import Calls, model_calls, priced_model
+from tests.fakes.model_server import (
+    Failure,
+    FakeModelServer,
+    Slow,
+    Text,
+    running_model_server,
+)
+from tests.services import RedisProcess
+
+KEY = "sk-vault-key-0123456789abcdef"
+USER = "u00000000000a11ce"
+HELLO = [{"role": "user", "content": "hi"}]
+# $1 per million input tokens, $2 per million output tokens: 1 000 and 2 000 nano-dollars.
+PRICE = Price(input_usd_per_mtok=1.0, output_usd_per_mtok=2.0)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeModelServer]:
+    async with running_model_server() as server:
+        yield server
+
+
+@pytest.fixture
+def directory(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "calls"
+
+
+def request(calls: ModelCalls, **body: Any) -> ChatRequest:
+    return parse_chat({"messages": HELLO, **body}, calls.caps(USER))
+
+
+async def spent(built: Calls, period: Period = Period.DAY) -> int:
+    await built.calls.drain()
+    usage = await built.gate.usage(USER)
+    window = usage.window(Scope.USER, period)
+    assert window.held_nano == 0, "a reservation was left open"
+    return window.spent_nano
+
+
+async def test_the_key_comes_from_the_vault_and_a_rotation_applies_to_the_next_call(
+    redis: aioredis.Redis, fake: FakeModelServer, directory: Path
+) -> None:
+    models = {"default": priced_model(fake.url)}
+    async with model_calls(redis, directory, models, key=KEY) as built:
+        await built.calls.chat(USER, request(built.calls))
+        built.vault.rotate("provider", "sk-rotated-key")
+        await built.calls.chat(USER, request(built.calls))
+
+    assert [r.authorization for r in fake.requests] == [f"Bearer {KEY}", "Bearer sk-rotated-key"]
+
+
+async def test_a_missing_vault_entry_refuses_the_call_and_bills_nothing(
+    redis: aioredis.Redis, fake: FakeModelServer, directory: Path
+) -> None:
+    models = {"default": priced_model(fake.url)}
+    async with model_calls(redis, directory, models, key=None) as built:
+        with pytest.raises(Rejected) as caught:
+            await built.calls.chat(USER, request(built.calls))
+        assert await spent(built) == 0
+
+    assert (caught.value.status, caught.value.kind) == (503, "model_unavailable")
+    assert "provider" not in caught.value.message
+    assert fake.requests == []
+
+
+async def test_a_model_without_a_price_is_refused(
+    redis: aioredis.Redis, fake: FakeModelServer, directory: Path
+) -> None:
+    models = {"default": priced_model(fake.url, "openai/not-in-the-cost-map", price=None)}
+    async with model_calls(redis, directory, models, key=KEY) as built:
+        with pytest.raises(Rejected) as caught:
+            await built.calls.chat(USER, request(built.calls))
+
+    assert (caught.value.status, caught.value.kind) == (403, "model_not_priced")
+    assert fake.requests == []
+
+
+async def test_a_model_in_litellms_cost_map_needs_no_configured_price(
+    redis: aioredis.Redis, fake: FakeModelServer, directory: Path
+) -> None:
+    models = {"default": priced_model(fake.url, "openai/gpt-4o-mini", price=None)}
+    async with model_calls(redis, directory, models, key=KEY) as built:
+        await built.calls.chat(USER, request(built.calls))
+        assert await spent(built) > 0
+
+
+async def test_a_call_is_billed_at_the_cost_of_the_usage_the_provider_reported(
+    redis: aioredis.Redis, fake: FakeModelServer, directory: Path
+) -> None:
+    models = {"default": priced_model(fake.url, price=PRICE)}
+    fake.push(Text("four", completion_tokens=7))
+    async with model_calls(redis, directory, models, key=KEY) as built:
+        answer = await built.calls.chat(USER, request(built.calls))
+        usage = answer["usage"]
+        expected = usage["prompt_tokens"] * 1_000 + usage["completion_tokens"] * 2_000
+        assert usage["completion_tokens"] == 7
+        assert await spent(built) == expected
+        assert (await built.gate.usage(USER)).models == (("openai/fake-model", expected),)
+
+
+async def test_a_provider_error_is_billed_nothing(
+    redis: aioredis.Redis, fake: FakeModelServer, directory: Path
+) -> None:
+    models = {"default": priced_model(fake.url, price=PRICE)}
+    fake.push(Failure(400, "bad request"))
+    async with model_calls(redis, directory, models, key=KEY) as built:
+        with pytest.raises(ProviderFailed):
+            await built.calls.chat(USER, request(built.calls))
+        assert await spent(built) == 0
+
+
+async def test_a_call_cancelled_midway_is_billed_its_full_reservation(
+    redis: aioredis.Redis, fake: FakeModelServer, directory: Path
+) -> None:
+    """Nobody can know what the provider produced, so the worst case is billed."""
+    models = {"default": priced_model(fake.url, price=PRICE, max_tokens=100)}
+    fake.push(Slow(5.0, Text("too late")))
+    async with model_calls(redis, directory, models, key=KEY) as built:
+        call = asyncio.create_task(built.calls.chat(USER, request(built.calls)))
+        while not fake.requests:
+            await asyncio.sleep(0.01)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        for _ in range(100):  # the settlement is shielded and finishes on its own
+            usage = await built.gate.usage(USER)
+            if usage.window(Scope.USER, Period.DAY).held_nano == 0:
+                break
+            await asyncio.sleep(0.02)
+        billed = await spent(built)
+    assert billed >= 100 * 2_000  # at least max_tokens of output
+
+
+async def test_the_budget_lowers_max_tokens_to_what_it_can_pay_for(
+    redis: aioredis.Redis, fake: FakeModelServer, directory: Path
+) -> None:
+    models = {"default": priced_model(fake.url, price=PRICE, max_tokens=1_000)}
+    # $0.001 a day: after the prompt's bound, a few hundred output tokens at most.
+    budget = BudgetSettings(user=Caps(daily_usd=0.001), total=Caps())
+    async with model_calls(redis, directory, models, key=KEY, budget=budget) as built:
+        await built.calls.chat(USER, request(built.calls))
+    sent = fake.requests[0].body["max_tokens"]
+    assert 0 < sent < 500
+
+
+async def test_a_spent_budget_refuses_with_a_sentence_and_never_reaches_the_provider(
+    redis: aioredis.Redis, fake: FakeModelServer, directory: Path
+) -> None:
+    models = {"default": priced_model(fake.url, price=PRICE)}
+    budget = BudgetSettings(user=Caps(daily_usd=0.0), total=Caps())
+    async with model_calls(redis, directory, models, key=KEY, budget=budget) as built:
+        with pytest.raises(Rejected) as caught:
+            await built.calls.chat(USER, request(built.calls))
+
+    assert (caught.value.status, caught.value.kind) == (402, "budget_exceeded")
+    assert "daily budget is $0.00" in caught.value.message
+    assert fake.requests == []
+
+
+async def test_a_used_up_budget_says_when_it_resets(
+    redis: aioredis.Redis, fake: FakeModelServer, directory: Path
+) -> None:
+    models = {"default": priced_model(fake.url, price=PRICE)}
+    budget = BudgetSettings(user=Caps(daily_usd=0.001), total=Caps())
+    fake.push(Text("nearly all of it", completion_tokens=450))
+    async with model_calls(redis, directory, models, key=KEY, budget=budget) as built:
+        await built.calls.chat(USER, request(built.calls))
+        with pytest.raises(Rejected) as caught:
+            await built.calls.chat(USER, request(built.calls))
+
+    assert (caught.value.status, caught.value.kind) == (402, "budget_exceeded")
+    assert "daily" in caught.value.message
+    assert "resets" in caught.value.message
+    assert len(fake.requests) == 1
+
+
+async def test_unknown_budget_state_refuses_the_call(
+    fake: FakeModelServer, directory: Path
+) -> None:
+    """Redis unreachable: the call is denied, never waved through."""
+    gone = aioredis.Redis(unix_socket_path=str(directory.parent / "no-redis.sock"))
+    models = {"default": priced_model(fake.url)}
+    try:
+        async with model_calls(gone, directory, models, key=KEY) as built:
+            with pytest.raises(Rejected) as caught:
+                await built.calls.chat(USER, request(built.calls))
+    finally:
+        await gone.aclose()
+    assert (caught.value.status, caught.value.kind) == (503, "budget_unavailable")
+    assert fake.requests == []
+
+
+async def test_a_failing_provider_is_retried(
+    redis: aioredis.Redis, fake: FakeModelServer, directory: Path
+) -> None:
+    models = {"default": priced_model(fake.url, retries=2)}
+    fake.push(Failure(503), Failure(429), Text("third time"))
+    async with model_calls(redis, directory, models, key=KEY) as built:
+        answer = await built.calls.chat(USER, request(built.calls))
+    assert answer["choices"][0]["message"]["content"] == "third time"
+    assert len(fake.requests) == 3
+
+
+async def test_a_client_error_is_not_retried(
+    redis: aioredis.Redis, fake: FakeModelServer, directory: Path
+) -> None:
+    models = {"default": priced_model(fake.url, retries=3)}
+    fake.push(Failure(401, "bad key"))
+    async with model_calls(redis, directory, models, key=KEY) as built:
+        with pytest.raises(ProviderFailed):
+            await built.calls.chat(USER, request(built.calls))
+    assert len(fake.requests) == 1
+
+
+async def test_the_fallback_answers_when_the_primary_keeps_failing(
+    redis: aioredis.Redis, fake: FakeModelServer, directory: Path
+) -> None:
+    models = {
+        "default": priced_model(fake.url, "openai/primary", fallback="backup"),
+        "backup": priced_model(fake.url, "openai/backup", price=PRICE),
+    }
+    fake.push(Failure(503), Text("from the backup", completion_tokens=3))
+    async with model_calls(
+        redis, directory, models, key=KEY, mesh=MeshSettings(allowed_models=["default"])
+    ) as built:
+        answer = await built.calls.chat(USER, request(built.calls))
+        await built.calls.drain()
+        models_spent = dict((await built.gate.usage(USER)).models)
+
+    assert answer["choices"][0]["message"]["content"] == "from the backup"
+    assert [r.body["model"] for r in fake.requests] == ["primary", "backup"]
+    assert models_spent["openai/primary"] == 0  # the failed primary cost nothing
+    assert models_spent["openai/backup"] > 0
+
+
+def test_a_user_gets_their_own_model_list(tmp_path: Path) -> None:
+    models: dict[str, ModelSettings] = {
+        "default": priced_model("http://127.0.0.1:9/v1"),
+        "big": priced_model("http://127.0.0.1:9/v1", max_tokens=4_000),
+    }
+    mesh = MeshSettings(allowed_models=["default"], allowed_models_by_user={USER: ["big"]})
+    calls = ModelCalls(models, mesh, keys=None, gate=None)  # type: ignore[arg-type]
+    assert calls.caps("u0000000000000b0b") == {"default": 1024}
+    assert calls.caps(USER) == {"big": 4_000}
+
+
+async def test_two_hundred_simultaneous_calls_never_spend_past_the_cap(
+    redis_server: RedisProcess, fake: FakeModelServer, directory: Path
+) -> None:
+    """One user, 200 calls at once, a cap that pays for about 20 worst cases.
+
+    (Through a door an agent has at most 4 calls in flight; here they all go at once.)
+    """
+    # Room for every call's Redis connection at once, as `stockade up` sizes its pool.
+    redis = aioredis.Redis.from_url(redis_server.url, max_connections=300)
+    models = {"default": priced_model(fake.url, price=PRICE, max_tokens=100)}
+    # Worst case of one call: the prompt's bound (tens of tokens) + 100 output tokens,
+    # about $0.00025; $0.005 pays for about 20 of them.
+    cap_usd = 0.005
+    budget = BudgetSettings(user=Caps(daily_usd=cap_usd), total=Caps())
+    fake.push(*(Text("x" * 400, completion_tokens=100) for _ in range(200)))
+    async with model_calls(redis, directory, models, key=KEY, budget=budget) as built:
+        start = asyncio.Event()
+
+        async def one() -> str:
+            await start.wait()
+            try:
+                await built.calls.chat(USER, request(built.calls))
+            except Rejected as exc:
+                return exc.kind
+            return "ok"
+
+        tasks = [asyncio.create_task(one()) for _ in range(200)]
+        await asyncio.sleep(0)
+        start.set()
+        outcomes = await asyncio.gather(*tasks)
+        total = await spent(built)
+
+    await redis.aclose()
+    assert total <= cap_usd * 1e9
+    assert set(outcomes) <= {"ok", "budget_exceeded"}
+    assert 10 <= outcomes.count("ok") <= 40
+    assert len(fake.requests) == outcomes.count("ok")
