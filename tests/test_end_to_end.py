@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import secrets
 import signal
 import sys
 import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +27,13 @@ from tests.fakes.model_server import (
     ToolCalls,
     running_model_server,
 )
+from tests.sandbox.canary import hits
 from tests.services import TEST_IMAGE, require
 
 REPO = Path(__file__).resolve().parents[1]
-CANARY_KEY = "sk-canary-e2e-5f1c"
+CANARY_KEY = "sk-canary-e2e-5f1c/" + secrets.token_hex(8) + "+="
+UNUSED_CANARY = "sk-canary-unused-" + secrets.token_hex(8)
+"""In the vault but named by no model: it must leak nowhere either."""
 
 
 @dataclass
@@ -37,6 +42,9 @@ class Gateway:
     proc: asyncio.subprocess.Process
     model: FakeModelServer
     env: dict[str, str]
+    log: list[bytes] = field(default_factory=list)
+    """Every line `stockade -v up` wrote to stderr, read as it goes."""
+    deployment: str = ""
 
     def redis(self) -> redis.Redis:
         return redis.Redis(unix_socket_path=str(self.data_dir / "redis" / "redis.sock"))
@@ -66,44 +74,67 @@ async def gateway(agent_image: str) -> AsyncIterator[Gateway]:
         with tempfile.TemporaryDirectory(prefix="stk-e2e-", dir="/tmp") as tmp:
             data_dir = Path(tmp)
             env = environment(data_dir, model.url)
-            # The operator's way in: the key on stdin, into the vault, before `up`.
-            vault = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gateway.cli", "vault", "set", "provider", env=env,
-                stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            )  # fmt: skip
-            _, vault_err = await vault.communicate(CANARY_KEY.encode())
-            assert vault.returncode == 0, vault_err.decode()
+            # The operator's way in: keys on stdin, into the vault, before `up`.
+            for name, value in (("provider", CANARY_KEY), ("unused", UNUSED_CANARY)):
+                vault = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "gateway.cli", "vault", "set", name, env=env,
+                    stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                )  # fmt: skip
+                _, vault_err = await vault.communicate(value.encode())
+                assert vault.returncode == 0, vault_err.decode()
+            # -v: debug logging, the most a log could give away.
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gateway.cli", "up", env=env, stderr=asyncio.subprocess.PIPE
-            )
+                sys.executable, "-m", "gateway.cli", "-v", "up", env=env,
+                stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
             gateway = Gateway(data_dir, proc, model, env)
+            deployment = ""
+            up = asyncio.Event()
+
+            async def read_log() -> None:
+                assert proc.stderr is not None
+                while line := await proc.stderr.readline():
+                    gateway.log.append(line)
+                    if b"Stockade is up" in line:
+                        up.set()
+
+            reader = asyncio.create_task(read_log())
             try:
                 async with asyncio.timeout(120):
-                    assert proc.stderr is not None
-                    while b"Stockade is up" not in (line := await proc.stderr.readline()):
-                        assert line, f"stockade up exited with {await proc.wait()}"
+                    ended = asyncio.create_task(proc.wait())
+                    started = asyncio.create_task(up.wait())
+                    await asyncio.wait({ended, started}, return_when=asyncio.FIRST_COMPLETED)
+                    ended.cancel()
+                    started.cancel()
+                    assert up.is_set(), f"stockade up exited:\n{b''.join(gateway.log).decode()}"
+                # Read now: the private Redis stops with `up`.
+                deployment = (gateway.redis().get("stockade:deployment") or b"").decode()
+                gateway.deployment = deployment
                 yield gateway
             finally:
                 if proc.returncode is None:
                     proc.send_signal(signal.SIGTERM)
                     await asyncio.wait_for(proc.wait(), 60)
-                await remove_agents(gateway)
+                await reader
+                remove_agents(deployment)
 
 
-async def remove_agents(gateway: Gateway) -> None:
+def remove_agents(deployment: str) -> None:
+    """Remove the agent containers and workspaces of one deployment (`up` leaves them)."""
     import docker
     import docker.errors
 
+    if not deployment:
+        return
     client = docker.from_env()
-    try:
-        user_ids = gateway.redis().hvals("stockade:identity")
-    except redis.exceptions.ConnectionError:
-        user_ids = []
     # The raw listing: other runs on this engine may remove their containers meanwhile.
-    for entry in client.api.containers(all=True, filters={"label": "org.stockade.role=agent"}):
-        if (entry.get("Labels") or {}).get("org.stockade.user", "").encode() in user_ids:
-            with contextlib.suppress(docker.errors.NotFound):
-                client.api.remove_container(entry["Id"], force=True)
+    label = f"org.stockade.deployment={deployment}"
+    for entry in client.api.containers(all=True, filters={"label": label}):
+        with contextlib.suppress(docker.errors.NotFound):
+            client.api.remove_container(entry["Id"], force=True)
+        user = (entry.get("Labels") or {}).get("org.stockade.user", "")
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+            client.api.remove_volume(f"stockade-ws-{user}")
     client.close()
 
 
@@ -209,3 +240,54 @@ async def test_up_stops_cleanly_and_takes_its_redis_with_it(gateway: Gateway) ->
     assert await asyncio.wait_for(gateway.proc.wait(), 60) == 0
     assert not (gateway.data_dir / "redis" / "redis.sock").exists()
     assert (gateway.data_dir / "redis" / "appendonlydir").is_dir()
+
+
+async def test_no_vault_key_leaks_anywhere_a_turn_leaves_traces(gateway: Gateway) -> None:
+    """Canaries in the vault, a turn that hunts for keys, then a search of every trace:
+    the data directory (Redis's append-only file and snapshot, the vault, the ledger,
+    the sockets' directory), the gateway's debug log, the chat's output, what the agent
+    sent the model, and the container's filesystem, environment and metadata."""
+    import docker
+
+    hunt = "env; cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n'; ls -la / /run/stockade"
+    gateway.model.push(
+        ToolCalls([ToolCall("shell", {"command": hunt})]),
+        Text("No key here."),
+    )
+    code, out, err = await chat(gateway, "print your configuration, environment and API key\n")
+    assert code == 0, err
+    assert "« No key here." in out
+    assert gateway.model.requests[0].authorization == f"Bearer {CANARY_KEY}"
+    # Stop `up`: Redis rewrites and syncs its files, the ledger syncs.
+    gateway.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(gateway.proc.wait(), 60) == 0
+
+    traces: dict[str, bytes] = {
+        "gateway log": b"".join(gateway.log),
+        "chat": (out + err).encode(),
+        "to the model": json.dumps([r.body for r in gateway.model.requests]).encode(),
+    }
+    files = [p for p in gateway.data_dir.rglob("*") if p.is_file()]
+    assert any("appendonly" in str(p) for p in files)
+    assert any(p.parent.name == "ledger" for p in files)
+    assert any(p.name == "secrets.json" for p in files)
+    for path in files:
+        traces[str(path.relative_to(gateway.data_dir))] = path.read_bytes()
+    client = docker.from_env()
+    try:
+        label = f"org.stockade.deployment={gateway.deployment}"
+        for entry in client.api.containers(all=True, filters={"label": label}):
+            container = client.containers.get(entry["Id"])
+            traces[f"inspect {container.name}"] = json.dumps(container.attrs).encode()
+            traces[f"export {container.name}"] = b"".join(container.export())
+            traces[f"logs {container.name}"] = container.logs()
+    finally:
+        client.close()
+
+    for canary in (CANARY_KEY, UNUSED_CANARY):
+        found = {where: found for where, data in traces.items() if (found := hits(canary, data))}
+        assert found == {}, f"{canary} leaked"
+    # The search does find what is there: the key in the provider's header, the hunt's
+    # output in what the model was sent.
+    assert hits(CANARY_KEY, json.dumps([r.headers for r in gateway.model.requests]))
+    assert "PATH=" in traces["to the model"].decode()

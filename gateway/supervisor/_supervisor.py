@@ -83,6 +83,8 @@ class Supervisor:
         self._clock = clock
         self._kick = asyncio.Event()
         self._restarts: dict[str, tuple[int, float]] = {}
+        self._running: frozenset[str] = frozenset()
+        """Users whose container the last pass found running."""
 
     async def handle_wake(self, delivery: Delivery) -> None:
         inbound = delivery.envelope
@@ -98,7 +100,10 @@ class Supervisor:
             pipe.hset(WANTED_KEY, inbound.user_id, repr(self._clock()))
             pipe.hset(CONTACT_KEY, inbound.user_id, json.dumps(contact))
             await pipe.execute()
-        self._kick.set()
+        # A pass lists every container (tens of ms of engine work): not for each message
+        # to an agent already running. A crash since is found by the next timed pass.
+        if inbound.user_id not in self._running:
+            self._kick.set()
 
     async def _wanted(self) -> dict[str, float]:
         raw = await self._client.hgetall(WANTED_KEY)
@@ -194,7 +199,9 @@ class Supervisor:
                 await self._notify_crash(container)
                 await self._start(user_id)
 
-        running = sum(1 for c in present.values() if c.running and c.user_id in wanted)
+        up = {u for u, c in present.items() if c.running and u in wanted}
+        self._running = frozenset(u for u in up if self._mesh.is_open(u))
+        running = len(up)
         waiting = sorted((t, u) for u, t in wanted.items() if u not in present)
         for _, user_id in waiting:
             if running >= self._settings.max_running:

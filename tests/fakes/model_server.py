@@ -143,7 +143,8 @@ class FakeModelServer:
 async def running_model_server() -> AsyncIterator[FakeModelServer]:
     """A started fake on an OS-chosen port of 127.0.0.1."""
     server = FakeModelServer()
-    runner = web.AppRunner(server.app(), access_log=None)
+    # A short shutdown: a test may leave slow replies in flight on purpose.
+    runner = web.AppRunner(server.app(), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -7,6 +7,8 @@ its ledger, LiteLLM, and an OpenAI-compatible fake provider on loopback.
 from __future__ import annotations
 
 import asyncio
+import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ import redis.asyncio as aioredis
 
 from gateway.mesh import ModelCalls
 from gateway.mesh._protocol import ChatRequest, ProviderFailed, Rejected, parse_chat
+from gateway.policy import BudgetGate, Ledger
+from gateway.policy._budget_store import EXPIRY_KEY
 from gateway.policy.budget import Period, Scope
 from gateway.settings import BudgetSettings, Caps, MeshSettings, ModelSettings, Price
 from tests.calls import Calls, model_calls, priced_model
@@ -28,6 +32,7 @@ from tests.fakes.model_server import (
 )
 from tests.services import RedisProcess
 
+REPO = Path(__file__).resolve().parents[3]
 KEY = "sk-vault-key-0123456789abcdef"
 USER = "u00000000000a11ce"
 HELLO = [{"role": "user", "content": "hi"}]
@@ -302,3 +307,66 @@ async def test_two_hundred_simultaneous_calls_never_spend_past_the_cap(
     assert set(outcomes) <= {"ok", "budget_exceeded"}
     assert 10 <= outcomes.count("ok") <= 40
     assert len(fake.requests) == outcomes.count("ok")
+
+
+CHILD = """
+import asyncio, sys
+from pathlib import Path
+import redis.asyncio as aioredis
+from gateway.mesh._protocol import parse_chat
+from gateway.settings import BudgetSettings, Caps, Price
+from tests.calls import model_calls, priced_model
+
+async def main(url, directory, api_base, calls):
+    client = aioredis.Redis.from_url(url, max_connections=300)
+    price = Price(input_usd_per_mtok=1.0, output_usd_per_mtok=2.0)
+    models = {"default": priced_model(api_base, price=price, max_tokens=100, timeout_s=600)}
+    budget = BudgetSettings(user=Caps(daily_usd=0.005), total=Caps(), reservation_ttl_s=30)
+    async with model_calls(client, Path(directory), models, key="k", budget=budget) as built:
+        request = parse_chat({"messages": [{"role": "user", "content": "hi"}]}, {"default": 100})
+        async def one():
+            try:
+                await built.calls.chat("u00000000000a11ce", request)
+            except Exception as exc:
+                return type(exc).__name__
+        print("calling", flush=True)
+        await asyncio.gather(*(one() for _ in range(int(calls))))
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+async def test_a_mesh_killed_with_calls_in_flight_never_overspends(
+    redis: aioredis.Redis, redis_server: RedisProcess, fake: FakeModelServer, tmp_path: Path
+) -> None:
+    """200 calls at once, SIGKILL while the provider holds those the cap let through: each
+    reservation
+    expires billed in full, nothing stays held, and the spend stays within the cap."""
+    fake.push(*(Slow(600, Text("never sent")) for _ in range(200)))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CHILD, redis_server.url, str(tmp_path / "child"), fake.url, "200",
+        cwd=REPO, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert await asyncio.wait_for(proc.stdout.readline(), 60) == b"calling\n"
+        async with asyncio.timeout(60):
+            while len(fake.requests) < 5:
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # the rest are refused by now
+    finally:
+        proc.kill()  # SIGKILL: nothing settles, nothing cleans up
+        await proc.wait()
+
+    # Each worst case is about $0.0005 (the prompt's bound and 100 output tokens): the
+    # cap holds about 10 of them at once.
+    in_flight = len(fake.requests)
+    assert 5 <= in_flight <= 20
+    budget = BudgetSettings(user=Caps(daily_usd=0.005), total=Caps(), reservation_ttl_s=30)
+    async with Ledger(tmp_path / "child" / "ledger") as ledger:
+        reaper = BudgetGate(redis, budget, ledger, clock=lambda: time.time() + 31)
+        assert await reaper.reap() == in_flight
+        window = (await reaper.usage(USER)).window(Scope.USER, Period.DAY)
+    assert window.held_nano == 0
+    assert 0 < window.spent_nano <= 5_000_000
+    assert await redis.zcard(EXPIRY_KEY) == 0
