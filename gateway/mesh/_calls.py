@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any, Final, Protocol
 
 from gateway.errors import (
@@ -61,6 +61,28 @@ def _usage(body: Mapping[str, Any]) -> tuple[int, int] | None:
     ):
         return None
     return prompt, completion  # type: ignore[return-value]
+
+
+def _produced_bytes(chunk: Mapping[str, Any]) -> int:
+    """UTF-8 bytes of text and tool-call arguments in one chunk: no fewer than its tokens."""
+    total = 0
+    for choice in chunk.get("choices") or ():
+        delta = (choice.get("delta") or {}) if isinstance(choice, Mapping) else {}
+        content = delta.get("content")
+        if isinstance(content, str):
+            total += len(content.encode("utf-8", "surrogatepass"))
+        for call in delta.get("tool_calls") or ():
+            function = (call.get("function") or {}) if isinstance(call, Mapping) else {}
+            for part in (function.get("name"), function.get("arguments")):
+                if isinstance(part, str):
+                    total += len(part.encode("utf-8", "surrogatepass"))
+    return total
+
+
+def _produced_cost(price: TokenPrice, prompt_bound: int, produced: int, max_tokens: int) -> int:
+    """What a stream cut short (or without usage) is billed: the whole prompt, by its
+    bound, and the output it produced, by its bytes (each token is at least one)."""
+    return cost_nano(price, prompt_bound, min(produced, max_tokens))
 
 
 class ModelCalls:
@@ -132,6 +154,13 @@ class ModelCalls:
     async def _call(
         self, user_id: str, alias: str, params: dict[str, Any], notify: Notify | None
     ) -> dict[str, Any]:
+        settings, price, _, reservation = await self._reserve(user_id, alias, params)
+        return await self._spend(user_id, settings, price, reservation, params, notify)
+
+    async def _reserve(
+        self, user_id: str, alias: str, params: dict[str, Any]
+    ) -> tuple[ModelSettings, TokenPrice, int, Reservation]:
+        """The model's settings, its price, the prompt's token bound and the reservation."""
         settings = self._models[alias]
         price = await self._price(alias)
         if price is None:
@@ -154,7 +183,59 @@ class ModelCalls:
                 "budget_unavailable",
                 "spending cannot be checked right now, so no model call is made; try again soon",
             ) from None
-        return await self._spend(user_id, settings, price, reservation, params, notify)
+        return settings, price, bound, reservation
+
+    async def stream(
+        self, user_id: str, request: ChatRequest, notify: Notify | None = None
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """The answer as OpenAI chunk dicts. Use with `contextlib.aclosing`: a reader that
+        stops early (the agent hung up) closes it, which ends the provider's stream and
+        bills what was produced."""
+        alias, hops = request.alias, 0
+        while True:
+            settings, price, bound, reservation = await self._reserve(
+                user_id, alias, request.params
+            )
+            params = {**request.params, "max_tokens": reservation.max_tokens}
+            billed, tokens, produced, opened = reservation.reserved_nano, (0, 0), 0, False
+            try:
+                chunks = await _model.open_stream(settings, self._key(settings), params, user_id)
+                opened = True
+                async for chunk in chunks:
+                    used = _usage(chunk)
+                    if used is not None:
+                        tokens = used
+                    produced += _produced_bytes(chunk)
+                    yield chunk
+                billed = (
+                    cost_nano(price, *tokens)
+                    if tokens != (0, 0)
+                    else _produced_cost(price, bound, produced, reservation.max_tokens)
+                )
+                return
+            except ProviderFailed as failure:
+                if opened:
+                    billed = _produced_cost(price, bound, produced, reservation.max_tokens)
+                elif not failure.timed_out:
+                    billed = 0
+                fallback = settings.fallback
+                if opened or fallback is None or not _model.retryable(failure):
+                    raise
+                if hops >= MAX_FALLBACKS:
+                    raise
+                log.warning("model %r failed for %s; falling back to %r", alias, user_id, fallback)
+                alias, hops = fallback, hops + 1
+            except Rejected:
+                billed = 0
+                raise
+            except (GeneratorExit, asyncio.CancelledError):
+                # The agent stopped reading: billed for what was produced, as far as the
+                # provider got; if it never answered, nobody knows, so in full.
+                if opened:
+                    billed = _produced_cost(price, bound, produced, reservation.max_tokens)
+                raise
+            finally:
+                self._settle_soon(user_id, reservation, billed, tokens, notify)
 
     async def _spend(
         self,
@@ -186,12 +267,22 @@ class ModelCalls:
             billed = 0
             raise
         finally:
-            # In the background, off the agent's wait: a new task, so a call cancelled
-            # now (the agent left, the mesh stops) still settles.
-            task = asyncio.create_task(self._settle(user_id, reservation, billed, tokens, notify))
-            self._settling.add(task)
-            task.add_done_callback(self._settling.discard)
+            self._settle_soon(user_id, reservation, billed, tokens, notify)
         return body
+
+    def _settle_soon(
+        self,
+        user_id: str,
+        reservation: Reservation,
+        billed: int,
+        tokens: tuple[int, int],
+        notify: Notify | None,
+    ) -> None:
+        # In the background, off the agent's wait: a task of its own, so a call
+        # cancelled now (the agent left, the mesh stops) still settles.
+        task = asyncio.create_task(self._settle(user_id, reservation, billed, tokens, notify))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
 
     def _key(self, settings: ModelSettings) -> str | None:
         if settings.secret is None:

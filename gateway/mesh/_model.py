@@ -14,6 +14,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import AsyncIterator
 from types import ModuleType
 from typing import Any, Final
 
@@ -164,3 +165,60 @@ async def complete(
             usage.get("completion_tokens"),
         )
         return answer
+
+
+async def _open(settings: ModelSettings, key: str | None, params: dict[str, Any]) -> Any:
+    litellm, provider_errors = await _litellm()
+    try:
+        return await litellm.acompletion(
+            model=settings.name,
+            api_base=settings.api_base,
+            api_key=key,
+            timeout=settings.timeout_s,
+            max_retries=0,
+            _skip_mcp_handler=True,
+            stream=True,
+            # The real usage arrives in the last chunk: what a finished stream is billed.
+            stream_options={"include_usage": True},
+            **params,
+        )
+    except provider_errors as exc:
+        raise ProviderFailed(_status(exc), timed_out=isinstance(exc, litellm.Timeout)) from None
+
+
+async def _chunks(stream: Any) -> AsyncIterator[dict[str, Any]]:
+    _, provider_errors = await _litellm()
+    try:
+        async for chunk in stream:
+            yield chunk.model_dump(exclude_none=True)
+    except provider_errors as exc:
+        raise ProviderFailed(_status(exc)) from None
+    finally:
+        # Stops the provider's generation when the reader gives up early.
+        await stream.aclose()
+
+
+async def open_stream(
+    settings: ModelSettings, key: str | None, params: dict[str, Any], user_id: str
+) -> AsyncIterator[dict[str, Any]]:
+    """The provider's answer as OpenAI chunk dicts, once the provider has accepted the call.
+
+    Opening is retried as `complete` retries; a failure after the first chunk is not
+    (part of the answer is already on its way): it ends the stream with `ProviderFailed`.
+    """
+    attempt = 0
+    while True:
+        try:
+            return _chunks(await _open(settings, key, params))
+        except ProviderFailed as failure:
+            log.warning(
+                "streamed model call to %s for %s failed (status %s%s)",
+                settings.name,
+                user_id,
+                failure.provider_status,
+                ", timed out" if failure.timed_out else "",
+            )
+            attempt += 1
+            if attempt > settings.retries or not retryable(failure):
+                raise
+            await asyncio.sleep(backoff_s(attempt))

@@ -327,6 +327,8 @@ class ChatRequest:
     alias: str
     """Which entry of [models] the agent asked for (or the first it may use)."""
     params: dict[str, Any]
+    stream: bool = False
+    """Answer as server-sent events, chunk by chunk, as OpenAI's API does."""
 
 
 def refuse_credential_headers(names: Iterable[str]) -> None:
@@ -371,15 +373,19 @@ def parse_chat(value: Any, caps: Mapping[str, int]) -> ChatRequest:
     are kept; others (metadata, n, logit_bias, ...) are dropped. `max_tokens` (or
     its newer name `max_completion_tokens`) is clamped to the model's cap and always
     set, so a call's worst case is known. Tool results are sanitized: they re-enter
-    the prompt from outside.
+    the prompt from outside. `stream` is kept as a flag of its own; the mesh always
+    asks the provider for usage at the end of a stream (`stream_options`).
     """
     if not caps:
         raise Rejected(403, "model_not_allowed", "no model is allowed for this agent")
     body = _object(value, "the body")
     alias = _alias(body.get("model"), caps)
     _refuse_steering(body)
-    if body.get("stream") not in (None, False):
-        raise _bad("stream is not supported; ask without it")
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise _bad("stream must be true or false")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _bad("messages must be a non-empty list")
@@ -403,4 +409,4 @@ def parse_chat(value: Any, caps: Mapping[str, int]) -> ChatRequest:
         params["top_p"] = _number(body["top_p"], "top_p", 0.0, 1.0)
     if body.get("stop") is not None:
         params["stop"] = _stop(body["stop"])
-    return ChatRequest(alias, params)
+    return ChatRequest(alias, params, stream)

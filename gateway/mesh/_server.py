@@ -8,7 +8,9 @@ a conversation or a key.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import json
 import logging
 import stat
 from collections import OrderedDict, deque
@@ -24,6 +26,8 @@ from gateway.envelope import Inbound, reply
 from gateway.errors import RedisUnavailable, StaleDelivery
 from gateway.mesh._calls import ModelCalls
 from gateway.mesh._protocol import (
+    ChatRequest,
+    ProviderFailed,
     Rejected,
     error_body,
     next_body,
@@ -62,6 +66,7 @@ class _Turn:
 
 
 _USER: Final = web.AppKey("user_id", str)
+_EVENT_STREAM: Final = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
 def _gone(request: web.Request) -> bool:
@@ -297,12 +302,42 @@ class Door:
 
     # -- POST /v1/chat/completions -----------------------------------------------------
 
-    async def _chat(self, request: web.Request) -> web.Response:
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
         refuse_credential_headers(request.headers.keys())
         chat = parse_chat(await self._body(request), self._calls.caps(self.user_id))
         async with self._model_slots:
+            if chat.stream:
+                return await self._chat_stream(request, chat)
             answer = await self._calls.chat(self.user_id, chat, self._notify)
         return web.json_response(answer)
+
+    async def _chat_stream(self, request: web.Request, chat: ChatRequest) -> web.StreamResponse:
+        """Server-sent events, as OpenAI sends them; an agent that hangs up ends the call."""
+        response: web.StreamResponse | None = None
+        async with contextlib.aclosing(
+            self._calls.stream(self.user_id, chat, self._notify)
+        ) as chunks:
+            try:
+                async for chunk in chunks:
+                    if response is None:
+                        response = web.StreamResponse(headers=_EVENT_STREAM)
+                        await response.prepare(request)
+                    await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            except ProviderFailed as failure:
+                if response is None:
+                    raise  # nothing sent yet: an ordinary JSON error
+                # Mid-stream: the status is sent already; the error travels as an event.
+                body = error_body(failure.kind, failure.message)
+                await response.write(b"data: " + json.dumps(body).encode() + b"\n\n")
+            except ConnectionResetError:
+                log.info("%s hung up during a streamed answer", self.user_id)
+                return response or web.Response(status=499)
+        if response is None:  # a provider that sent no chunk at all
+            response = web.StreamResponse(headers=_EVENT_STREAM)
+            await response.prepare(request)
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
 
     async def _notify(self, text: str) -> None:
         """Tell the user something from the gateway (a budget warning), in their latest chat."""

@@ -28,6 +28,8 @@ class Text:
 
     text: str
     completion_tokens: int | None = None
+    chunk_delay_s: float = 0.0
+    """Between the chunks of a streamed answer (one per word)."""
 
 
 @dataclass(frozen=True)
@@ -80,12 +82,14 @@ class FakeModelServer:
     requests: list[Received] = field(default_factory=list)
     script: deque[Reply] = field(default_factory=deque)
     url: str = ""
+    streamed: int = 0
+    """Chunks written of the last streamed answer."""
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def push(self, *replies: Reply) -> None:
         self.script.extend(replies)
 
-    async def _completions(self, request: web.Request) -> web.Response:
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         body = json.loads(raw)
         self.requests.append(Received(dict(request.headers), body))
@@ -93,6 +97,8 @@ class FakeModelServer:
         if isinstance(reply, Slow):
             await asyncio.sleep(reply.seconds)
             reply = reply.reply
+        if body.get("stream") and isinstance(reply, Text):
+            return await self._stream(request, body, reply, max(1, len(raw) // 4))
         if isinstance(reply, Failure):
             error = {"error": {"message": reply.message, "type": "server_error", "code": None}}
             return web.json_response(error, status=reply.status)
@@ -132,6 +138,45 @@ class FakeModelServer:
                 },
             }
         )
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], reply: Text, prompt_tokens: int
+    ) -> web.StreamResponse:
+        """The reply as server-sent chunks, one word each, `chunk_delay_s` apart; usage
+        last when the request asked for it (`stream_options.include_usage`)."""
+        number = next(self._ids)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        base = {
+            "id": f"chatcmpl-fake-{number}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": body.get("model", "fake"),
+        }
+        words = reply.text.split(" ")
+        self.streamed = 0
+        for index, word in enumerate(words):
+            piece = word if index == 0 else " " + word
+            delta = {"role": "assistant", "content": piece} if index == 0 else {"content": piece}
+            chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            self.streamed += 1
+            await asyncio.sleep(reply.chunk_delay_s)
+        last = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        await response.write(f"data: {json.dumps(last)}\n\n".encode())
+        if (body.get("stream_options") or {}).get("include_usage"):
+            completion = reply.completion_tokens or len(words)
+            usage = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion,
+                "total_tokens": prompt_tokens + completion,
+            }
+            await response.write(
+                f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n".encode()
+            )
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
 
     def app(self) -> web.Application:
         app = web.Application()

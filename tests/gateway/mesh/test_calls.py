@@ -7,6 +7,7 @@ its ledger, LiteLLM, and an OpenAI-compatible fake provider on loopback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -370,3 +371,46 @@ async def test_a_mesh_killed_with_calls_in_flight_never_overspends(
     assert window.held_nano == 0
     assert 0 < window.spent_nano <= 5_000_000
     assert await redis.zcard(EXPIRY_KEY) == 0
+
+
+async def test_a_finished_stream_is_billed_at_the_usage_it_ends_with(
+    redis: aioredis.Redis, fake: FakeModelServer, directory: Path
+) -> None:
+    models = {"default": priced_model(fake.url, price=PRICE)}
+    fake.push(Text("one two three", completion_tokens=3))
+    async with model_calls(redis, directory, models, key=KEY) as built:
+        stream = built.calls.stream(USER, request(built.calls, stream=True))
+        chunks = [chunk async for chunk in stream]
+        billed = await spent(built)
+
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c.get("choices"))
+    assert text == "one two three"
+    usage = next(c["usage"] for c in chunks if c.get("usage"))
+    assert billed == usage["prompt_tokens"] * 1_000 + 3 * 2_000
+    assert fake.requests[0].body["stream_options"] == {"include_usage": True}
+
+
+async def test_an_aborted_stream_is_billed_for_what_it_produced(
+    redis: aioredis.Redis, fake: FakeModelServer, directory: Path
+) -> None:
+    """The reader stops after two chunks: the provider's stream is closed and the call
+    billed for the whole prompt (by its bound) and the output sent so far, not in full."""
+    models = {"default": priced_model(fake.url, price=PRICE, max_tokens=1_000)}
+    words = " ".join(f"w{i}" for i in range(50))
+    fake.push(Text(words, chunk_delay_s=0.05))
+    async with model_calls(redis, directory, models, key=KEY) as built:
+        stream = built.calls.stream(USER, request(built.calls, stream=True))
+        got = []
+        async with contextlib.aclosing(stream) as chunks:
+            async for chunk in chunks:
+                got.append(chunk)
+                if len(got) == 2:
+                    break
+        billed = await spent(built)
+        reserved_at_most = 1_000 * 2_000 + 2_000 * 1_000  # max_tokens out + a generous prompt
+
+    await asyncio.sleep(0.3)
+    assert fake.streamed < 50  # the provider stopped sending
+    produced = sum(len(c["choices"][0]["delta"].get("content", "")) for c in got)
+    assert billed >= produced * 2_000  # at least the output it saw
+    assert billed < reserved_at_most / 2  # far less than the worst case

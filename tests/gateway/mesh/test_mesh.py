@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from gateway.bus import Bus, agent_stream, out_stream
 from gateway.envelope import Inbound, Outbound, decode_outbound
 from gateway.mesh import AGENT_GROUP, SOCKET_NAME, Mesh
+from gateway.policy.budget import Period, Scope
 from gateway.settings import BudgetSettings, BusSettings, Caps, MeshSettings, Price
 from tests.calls import Calls, model_calls, priced_model
 from tests.fakes.model_server import (
@@ -509,7 +510,7 @@ async def test_an_unreachable_provider_is_502_without_the_url(
         ({"messages": HELLO, "max_tokens": 0}, "max_tokens"),
         ({"messages": HELLO, "max_tokens": "many"}, "max_tokens"),
         ({"messages": HELLO, "temperature": 9}, "temperature"),
-        ({"messages": HELLO, "stream": True}, "stream"),
+        ({"messages": HELLO, "stream": "yes"}, "stream"),
         ({"messages": HELLO, "tools": [{"type": "retrieval"}]}, "tools[0]"),
         ([1, 2], "object"),
     ],
@@ -615,3 +616,59 @@ async def test_a_user_passing_80_percent_of_a_budget_is_told_once_in_their_chat(
     assert "daily" in notices[0].text
     assert notices[0].conversation_id == inbound(ALICE, 1).conversation_id
     assert sent[-1].text == "done"
+
+
+async def read_events(
+    agent: Agent, body: dict[str, Any], *, stop_after: int | None = None
+) -> list[Any]:
+    """POST a streamed chat; the data of each server-sent event, up to `stop_after`."""
+    events: list[Any] = []
+    async with agent.session.post(
+        "http://mesh/v1/chat/completions", data=json.dumps(body).encode()
+    ) as response:
+        assert response.status == 200
+        assert response.content_type == "text/event-stream"
+        async for line in response.content:
+            if not line.startswith(b"data: "):
+                continue
+            data = line[len(b"data: ") :].strip()
+            events.append("[DONE]" if data == b"[DONE]" else json.loads(data))
+            if stop_after is not None and len(events) >= stop_after:
+                break
+    return events
+
+
+async def test_a_streamed_answer_arrives_as_server_sent_events(
+    alice: Agent, fake_model: FakeModelServer
+) -> None:
+    fake_model.push(Text("streamed through the door"))
+
+    events = await read_events(alice, {"messages": HELLO, "stream": True})
+
+    assert events[-1] == "[DONE]"
+    text = "".join(
+        e["choices"][0]["delta"].get("content", "") for e in events[:-1] if e.get("choices")
+    )
+    assert text == "streamed through the door"
+    assert any(e.get("usage") for e in events[:-1])
+    assert fake_model.requests[0].authorization == f"Bearer {KEY}"
+
+
+async def test_an_agent_hanging_up_mid_stream_ends_the_call_billed_for_what_was_sent(
+    alice: Agent, fake_model: FakeModelServer, calls: Calls
+) -> None:
+    fake_model.push(Text(" ".join(f"w{i}" for i in range(100)), chunk_delay_s=0.05))
+
+    events = await read_events(alice, {"messages": HELLO, "stream": True}, stop_after=3)
+    await alice.close()  # hangs up
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        await calls.calls.drain()
+        window = (await calls.gate.usage(ALICE)).window(Scope.USER, Period.DAY)
+        if window.held_nano == 0 and window.spent_nano:
+            break
+
+    assert len(events) == 3
+    assert window.held_nano == 0
+    assert window.spent_nano > 0
+    assert fake_model.streamed < 100  # the provider's stream was closed

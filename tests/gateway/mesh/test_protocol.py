@@ -191,7 +191,7 @@ def test_inline_images_are_allowed() -> None:
 @pytest.mark.parametrize(
     ("body", "needle"),
     [
-        ({"stream": True}, "stream"),
+        ({"stream": "yes"}, "stream"),
         ({"temperature": float("nan")}, "temperature"),
         ({"top_p": 2}, "top_p"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
@@ -272,3 +272,10 @@ def test_provider_failure_messages_are_generic() -> None:
     assert ProviderFailed(500).message == "the model provider answered with status 500"
     assert ProviderFailed(None).status == 502
     assert "time" in ProviderFailed(None, timed_out=True).message
+
+
+def test_stream_is_a_flag_apart_from_the_provider_parameters() -> None:
+    assert parse_chat({"messages": USER, "stream": True}, CAPS).stream is True
+    assert parse_chat({"messages": USER}, CAPS).stream is False
+    request = parse_chat({"messages": USER, "stream": True, "stream_options": {"x": 1}}, CAPS)
+    assert "stream" not in request.params and "stream_options" not in request.params
