@@ -24,6 +24,8 @@ class AgentContainer:
     oom_killed: bool
     finished_at: str
     """Engine timestamp of the last exit; with the id it names one crash."""
+    spec: str = ""
+    """Its spec hash label (`_spec.LABEL_SPEC`); empty on containers made before it."""
 
 
 class Runtime(Protocol):
@@ -52,6 +54,7 @@ def _describe(container: Any) -> AgentContainer:
         exit_code=int(state.get("ExitCode") or 0),
         oom_killed=bool(state.get("OOMKilled")),
         finished_at=str(state.get("FinishedAt", "")),
+        spec=container.labels.get(_spec.LABEL_SPEC, ""),
     )
 
 
@@ -141,6 +144,7 @@ class DockerRuntime:
                         exit_code=0,
                         oom_killed=False,
                         finished_at="",
+                        spec=labels.get(_spec.LABEL_SPEC, ""),
                     )
                 )
                 continue

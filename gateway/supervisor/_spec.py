@@ -5,6 +5,8 @@ Every control here is on by default; limits come from settings, never from the a
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Any, Final
@@ -18,6 +20,9 @@ MESH_SOCKET: Final = f"{MESH_MOUNT}/mesh.sock"
 
 LABEL_ROLE: Final = ROLE_LABEL
 LABEL_USER: Final = "org.stockade.user"
+LABEL_SPEC: Final = "org.stockade.spec"
+"""A hash of everything else in the spec: a container whose label differs was made from
+an older image, profile or limits, and is replaced when its agent is between turns."""
 LABEL_DEPLOYMENT: Final = "org.stockade.deployment"
 """Which Stockade owns a container, so deployments sharing one engine never touch each other's."""
 ROLE_AGENT: Final = "agent"
@@ -54,7 +59,7 @@ def container_spec(
 ) -> dict[str, Any]:
     """Keyword arguments for docker's `containers.create` for this user's agent."""
     memory = f"{limits.memory_mb}m"
-    return {
+    spec: dict[str, Any] = {
         "image": image,
         "name": container_name(user_id),
         "hostname": "agent",
@@ -90,3 +95,12 @@ def container_spec(
         },
         "working_dir": WORKSPACE,
     }
+    spec["labels"] = {**spec["labels"], LABEL_SPEC: spec_hash(spec)}
+    return spec
+
+
+def spec_hash(spec: dict[str, Any]) -> str:
+    """A short hash of a spec, its own label left out."""
+    labels = {k: v for k, v in spec.get("labels", {}).items() if k != LABEL_SPEC}
+    canonical = json.dumps({**spec, "labels": labels}, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]

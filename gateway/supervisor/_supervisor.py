@@ -15,9 +15,10 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from gateway._aio import raise_if_cancelling
 from gateway.bus import WAKE_STREAM, Bus, Delivery, agent_stream, out_stream
@@ -85,6 +86,8 @@ class Supervisor:
         self._restarts: dict[str, tuple[int, float]] = {}
         self._running: frozenset[str] = frozenset()
         """Users whose container the last pass found running."""
+        self._spec_hashes: dict[str, str] = {}
+        """Each user's current spec hash; settings and image are fixed for a supervisor."""
 
     async def handle_wake(self, delivery: Delivery) -> None:
         inbound = delivery.envelope
@@ -126,14 +129,44 @@ class Supervisor:
         mesh_dir.chmod(0o755)
         return mesh_dir
 
-    async def _start(self, user_id: str) -> None:
+    async def _spec_of(self, user_id: str) -> dict[str, Any]:
         mesh_dir = await self._open_door(user_id)
         limits = self._settings.overrides.get(user_id, self._settings.limits)
         spec = _spec.container_spec(
             self._runtime.deployment, user_id, self._image, limits, mesh_dir
         )
-        await self._runtime.start(user_id, spec)
+        self._spec_hashes[user_id] = spec["labels"][_spec.LABEL_SPEC]
+        return spec
+
+    async def _start(self, user_id: str) -> None:
+        await self._runtime.start(user_id, await self._spec_of(user_id))
         log.info("started the agent of %s", user_id)
+
+    async def _between_turns(self, user_id: str) -> bool:
+        """No message waiting and none handed out unanswered: a replacement loses nothing."""
+        stream = agent_stream(user_id)
+        if await self._bus.lag(stream, AGENT_GROUP) > 0:
+            return False
+        try:
+            pending = await self._client.xpending(stream, AGENT_GROUP)
+        except ResponseError:
+            return True  # no stream or group yet: nothing was ever handed out
+        return int(pending["pending"]) == 0
+
+    async def _renew_if_outdated(self, container: AgentContainer) -> None:
+        """Replace a running container made from an older image, profile or limits."""
+        user_id = container.user_id
+        wanted = self._spec_hashes.get(user_id)
+        if wanted is None:
+            wanted = _spec.spec_hash(await self._spec_of(user_id))
+        if container.spec == wanted or not await self._between_turns(user_id):
+            return
+        log.info(
+            "replacing the agent of %s: its container predates the current image or settings",
+            user_id,
+        )
+        # `start` replaces the old container; the workspace volume and the door stay.
+        await self._start(user_id)
 
     async def _notify_crash(self, container: AgentContainer) -> None:
         raw = await self._client.hget(CONTACT_KEY, container.user_id)
@@ -184,10 +217,12 @@ class Supervisor:
                 if idle and not await self._has_work(user_id):
                     log.info("stopping the idle agent of %s", user_id)
                     await self._stop(user_id, forget=True)
-                elif not self._mesh.is_open(user_id):
+                    continue
+                if not self._mesh.is_open(user_id):
                     # Adopted after a restart: the container waits for its socket to return.
                     await self._open_door(user_id)
                     log.info("adopted the running agent of %s", user_id)
+                await self._renew_if_outdated(container)
                 continue
             if self._may_restart(user_id, now):
                 log.warning(

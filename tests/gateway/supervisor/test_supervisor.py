@@ -12,6 +12,7 @@ import pytest
 from gateway.bus import WAKE_STREAM
 from gateway.supervisor import container_name
 from gateway.supervisor._seccomp import security_opt
+from tests.fakes.model_server import Text
 from tests.gateway.supervisor._harness import SMALL, Stack, agent_stack
 from tests.services import RedisProcess
 
@@ -216,3 +217,49 @@ async def test_a_running_agent_gets_its_door_back_after_the_mesh_restarts(
     await stack.say(user, "two")
     replies = await stack.wait_for_replies(2)
     assert replies[-1].conversation_id == f"chat-{user}"
+
+
+async def test_an_agent_made_from_older_settings_is_replaced_between_turns(
+    stack: Stack, docker_engine: Any
+) -> None:
+    """New limits (or a new image or profile) reach a running agent at its next pause,
+    never in the middle of a turn; its workspace stays."""
+    from gateway.settings import SupervisorSettings
+    from gateway.supervisor import Supervisor
+
+    user = await stack.new_user()
+    stack.model.push(Text("first"))
+    await stack.say(user, "hello")
+    await wake_all(stack)
+    await stack.wait_for_replies(1)
+    before = inspect(docker_engine, user)
+    settings = SupervisorSettings(
+        limits=SMALL.model_copy(update={"pids": SMALL.pids + 1}), check_interval_s=0.2
+    )
+    newer = Supervisor(
+        stack.client, stack.bus, stack.runtime, stack.mesh, before["Config"]["Image"],
+        settings, clock=stack.clock,
+    )  # fmt: skip
+
+    await stack.mesh.close(user)  # no door: the next message stays unanswered
+    await stack.say(user, "are you there?")
+    await newer.reconcile()
+    assert inspect(docker_engine, user)["Id"] == before["Id"]  # a turn is waiting
+
+    await stack.mesh.open(user)
+    await stack.wait_for_replies(2)
+    async with asyncio.timeout(30):
+        while (
+            await stack.client.xpending(f"stockade:agent:{user}", "agent") != 0
+            and ((await stack.client.xpending(f"stockade:agent:{user}", "agent"))["pending"])
+        ):
+            await asyncio.sleep(0.05)
+    await newer.reconcile()
+    after = inspect(docker_engine, user)
+    assert after["Id"] != before["Id"]
+    assert after["HostConfig"]["PidsLimit"] == SMALL.pids + 1
+    assert after["Mounts"] and {m["Name"] for m in after["Mounts"] if m["Type"] == "volume"} == {
+        m["Name"] for m in before["Mounts"] if m["Type"] == "volume"
+    }
+    await newer.reconcile()
+    assert inspect(docker_engine, user)["Id"] == after["Id"]  # replaced once
