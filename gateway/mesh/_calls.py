@@ -8,11 +8,11 @@ LiteLLM, with retries → the settlement at the real cost. If the model keeps
 failing and names a fallback, the fallback gets its own reservation and call.
 
 Whatever happens to the call, the reservation is settled, in the background once
-the agent has its answer: at the real cost when
-the provider reported usage, at nothing when it answered with an error, and at
-the full reserved amount when nobody can know (a timeout, a cancelled call, an
-answer without usage). A settlement that cannot be written leaves the
-reservation to expire, which bills it in full.
+the agent has its answer: at the real cost when the provider reported usage, at
+nothing when it answered with an error, and at the full reserved amount when
+nobody can know (a timeout, a cancelled call, an answer without usage). A stream
+the agent abandons is billed for what it produced. A settlement that cannot be
+written leaves the reservation to expire, which bills it in full.
 """
 
 from __future__ import annotations

@@ -82,6 +82,16 @@ def test_data_dir_expands_home(tmp_path: Path) -> None:
         ("[channels.whatsapp]\nenabled = true\n", "channels.whatsapp.account_sid", "required"),
         ("[channels.slack]\nmode = 'carrier-pigeon'\n", "channels.slack.mode", "socket"),
         ("[redis\n", "-", "not valid TOML"),
+        (
+            "[models.default]\nfallback = 'backup'\n",
+            "models.default.fallback",
+            "no model 'backup'",
+        ),
+        ("[models.default]\nfallback = 'default'\n", "models.default.fallback", "itself"),
+        ("[mesh]\nallowed_models = ['big']\n", "mesh.allowed_models", "no model 'big'"),
+        ("[budget]\ntimezone = 'Mars/Olympus'\n", "budget.timezone", "unknown time zone"),
+        ("[budget.user]\ndaily_usd = -1\n", "budget.user.daily_usd", "greater than"),
+        ("[models.default]\nmax_tokens = 0\n", "models.default.max_tokens", "greater than"),
     ],
 )
 def test_a_bad_file_names_the_file_the_key_and_the_problem(
@@ -161,3 +171,10 @@ def test_init_refuses_to_overwrite(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="already exists"):
         write_starter(path)
     assert path.read_text() == "# mine\n"
+
+
+def test_an_empty_secret_or_endpoint_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STOCKADE_MODELS__DEFAULT__SECRET", "")
+    monkeypatch.setenv("STOCKADE_MODELS__DEFAULT__API_BASE", "")
+    model = settings.load().models["default"]
+    assert model.secret is None and model.api_base is None

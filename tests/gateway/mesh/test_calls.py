@@ -414,3 +414,39 @@ async def test_an_aborted_stream_is_billed_for_what_it_produced(
     produced = sum(len(c["choices"][0]["delta"].get("content", "")) for c in got)
     assert billed >= produced * 2_000  # at least the output it saw
     assert billed < reserved_at_most / 2  # far less than the worst case
+
+
+async def test_two_hundred_streams_with_a_third_aborted_never_overspend(
+    redis_server: RedisProcess, fake: FakeModelServer, directory: Path
+) -> None:
+    """200 streamed calls at once; every third reader hangs up after its first chunk.
+    Spend stays within the cap and every reservation is settled, none left held."""
+    redis = aioredis.Redis.from_url(redis_server.url, max_connections=300)
+    models = {"default": priced_model(fake.url, price=PRICE, max_tokens=100)}
+    budget = BudgetSettings(user=Caps(daily_usd=0.005), total=Caps())
+    fake.push(*(Text("a b c d e f", completion_tokens=100, chunk_delay_s=0.01) for _ in range(200)))
+    async with model_calls(redis, directory, models, key=KEY, budget=budget) as built:
+        start = asyncio.Event()
+
+        async def one(index: int) -> str:
+            await start.wait()
+            stream = built.calls.stream(USER, request(built.calls, stream=True))
+            try:
+                async with contextlib.aclosing(stream) as chunks:
+                    async for _ in chunks:
+                        if index % 3 == 0:
+                            return "aborted"
+            except Rejected as exc:
+                return exc.kind
+            return "ok"
+
+        tasks = [asyncio.create_task(one(i)) for i in range(200)]
+        await asyncio.sleep(0)
+        start.set()
+        outcomes = await asyncio.gather(*tasks)
+        total = await spent(built)  # also checks nothing is left held
+    await redis.aclose()
+
+    assert total <= 0.005 * 1e9
+    assert set(outcomes) <= {"ok", "aborted", "budget_exceeded"}
+    assert outcomes.count("aborted") >= 1 and outcomes.count("ok") >= 1
