@@ -114,11 +114,7 @@ async def agent_stack(
             ) as calls,
         ):
             mesh = Mesh(bus, calls.calls, MeshSettings(next_wait_s=1.0), Path(sockets))
-            if run_loop:
-                # Only where the loop runs on its own, as in `stockade up`. LiteLLM keeps
-                # module-level state across the tests' event loops, and warming it here
-                # in every supervisor test was seen to break model calls in later tests.
-                await mesh.warm()
+            await mesh.warm()
             runtime = DockerRuntime(docker, await deployment_id(client))
             sup = Supervisor(client, bus, runtime, mesh, image, settings, clock=clock)
             stack = Stack(client, bus, mesh, runtime, sup, model, clock, Path(sockets))
