@@ -166,6 +166,25 @@ async def _agents(client: aioredis.Redis, settings: Settings) -> AsyncIterator[S
         docker.close()
 
 
+_SLOW_STOP_S: Final = 15.0
+
+
+def _report_slow_stop(main: asyncio.Task[None]) -> None:
+    """Name what a stop is still waiting for, so a hang is found, not guessed at."""
+    if main.done():
+        return
+    for task in asyncio.all_tasks():
+        frames = task.get_stack(limit=8)
+        where = " <- ".join(
+            f"{frame.f_code.co_name} ({frame.f_code.co_filename.rsplit('/', 2)[-1]}:"
+            f"{frame.f_lineno})"
+            for frame in reversed(frames)
+        )
+        log.warning(
+            "still stopping after %.0f s: task %s at %s", _SLOW_STOP_S, task.get_name(), where
+        )
+
+
 async def serve(main: Coroutine[Any, Any, None]) -> None:
     """Run `main` until it ends or SIGINT/SIGTERM cancels it, at any point of its start-up."""
     loop = asyncio.get_running_loop()
@@ -174,6 +193,8 @@ async def serve(main: Coroutine[Any, Any, None]) -> None:
 
     def stop() -> None:
         nonlocal signalled
+        if not signalled:
+            loop.call_later(_SLOW_STOP_S, _report_slow_stop, task)
         signalled = True
         task.cancel()
 

@@ -113,10 +113,33 @@ async def gateway(agent_image: str) -> AsyncIterator[Gateway]:
                 yield gateway
             finally:
                 if proc.returncode is None:
-                    proc.send_signal(signal.SIGTERM)
-                    await asyncio.wait_for(proc.wait(), 60)
+                    await stop(gateway)
                 await reader
                 remove_agents(deployment)
+
+
+async def stop(gateway: Gateway, within_s: float = 60) -> int:
+    """SIGTERM `up` and its exit status; a stop that hangs is killed and fails the test
+    with the end of its log, which names what it was still waiting for."""
+    gateway.proc.send_signal(signal.SIGTERM)
+    try:
+        return await asyncio.wait_for(gateway.proc.wait(), within_s)
+    except TimeoutError:
+        gateway.proc.kill()
+        await gateway.proc.wait()
+        kill_leftovers(gateway.data_dir)
+        tail = b"".join(gateway.log[-60:]).decode(errors="replace")
+        pytest.fail(f"stockade up did not stop within {within_s:.0f} s; its log ends:\n{tail}")
+
+
+def kill_leftovers(data_dir: Path) -> None:
+    """SIGKILL what a killed `up` left running from its data directory (its redis-server)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if str(data_dir).encode() in (entry / "cmdline").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 def remove_agents(deployment: str) -> None:
@@ -236,8 +259,7 @@ async def test_hostile_input_is_sanitized_before_it_reaches_the_agent(gateway: G
 
 
 async def test_up_stops_cleanly_and_takes_its_redis_with_it(gateway: Gateway) -> None:
-    gateway.proc.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(gateway.proc.wait(), 60) == 0
+    assert await stop(gateway) == 0
     assert not (gateway.data_dir / "redis" / "redis.sock").exists()
     assert (gateway.data_dir / "redis" / "appendonlydir").is_dir()
 
@@ -259,8 +281,7 @@ async def test_no_vault_key_leaks_anywhere_a_turn_leaves_traces(gateway: Gateway
     assert "« No key here." in out
     assert gateway.model.requests[0].authorization == f"Bearer {CANARY_KEY}"
     # Stop `up`: Redis rewrites and syncs its files, the ledger syncs.
-    gateway.proc.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(gateway.proc.wait(), 60) == 0
+    assert await stop(gateway) == 0
 
     traces: dict[str, bytes] = {
         "gateway log": b"".join(gateway.log),
