@@ -46,6 +46,7 @@ from redis.exceptions import (
     WatchError,
 )
 
+from gateway._aio import raise_if_cancelling
 from gateway.errors import BudgetExceeded, BudgetUnavailable, ConfigError
 from gateway.policy._ledger import Entry, Ledger, Replay, applied_count, replay
 from gateway.policy.budget import (
@@ -834,6 +835,9 @@ class BudgetGate:
     async def run(self, interval_s: float = 5.0) -> None:
         """Reap expired reservations every `interval_s` until cancelled."""
         while True:
+            # redis-py can swallow a cancellation on Python 3.11 (see gateway._aio): without
+            # this check a stopping gateway waited for this loop forever.
+            raise_if_cancelling()
             try:
                 await self.reap()
             except BudgetUnavailable as exc:
@@ -932,6 +936,7 @@ class BudgetGate:
             taken = await self._client.set(REBUILD_KEY, token, nx=True, px=REBUILD_LOCK_MS)
             if not taken:
                 while await self._client.exists(REBUILD_KEY):
+                    raise_if_cancelling()
                     await asyncio.sleep(0.05)
                 return False
             try:

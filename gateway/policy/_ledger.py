@@ -38,6 +38,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, Self
 
+from gateway._aio import raise_if_cancelling
 from gateway.errors import BudgetUnavailable
 
 log = logging.getLogger("stockade.budget")
@@ -231,6 +232,7 @@ class Ledger:
 
     async def _sync_forever(self) -> None:
         while True:
+            raise_if_cancelling()
             await asyncio.sleep(self._interval)
             try:
                 await self.sync()
