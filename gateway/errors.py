@@ -13,10 +13,13 @@
     ├── BudgetError            a model call may not go ahead on the budget
     │   ├── BudgetExceeded     a cap leaves too little; says which window, and when it resets
     │   └── BudgetUnavailable  budget state unknown (Redis, script, ledger): refused (retryable)
-    └── VaultError             the secret store cannot do what was asked (bad name or value)
-        ├── VaultKeyError      no master key, a malformed one, or a key file others can read
-        ├── VaultCorrupt       an entry failed authentication or the store is malformed
-        └── SecretNotFound     no entry of that name
+    ├── VaultError             the secret store cannot do what was asked (bad name or value)
+    │   ├── VaultKeyError      no master key, a malformed one, or a key file others can read
+    │   ├── VaultCorrupt       an entry failed authentication or the store is malformed
+    │   └── SecretNotFound     no entry of that name
+    └── PlatformError          a chat platform refused or failed a send
+        ├── RateLimited        the platform said when to try again           (retryable)
+        └── PlatformUnavailable  no answer, or a server error                (retryable)
 
 No vault error's message holds a secret value or the master key.
 
@@ -172,5 +175,27 @@ class BudgetUnavailable(BudgetError):
 
     Unknown state is never waved through; the same call may work once the cause is gone.
     """
+
+    retryable = True
+
+
+class PlatformError(StockadeError):
+    """A chat platform refused or failed a call; messages name no token or URL secret."""
+
+
+class RateLimited(PlatformError):
+    """The platform asked us to wait `retry_after_s` seconds (HTTP 429, Telegram's
+    `retry_after`, Slack's `Retry-After`) before trying again."""
+
+    retryable = True
+
+    def __init__(self, retry_after_s: float, platform: str) -> None:
+        self.retry_after_s = retry_after_s
+        self.platform = platform
+        super().__init__(f"{platform} asked to wait {retry_after_s:g} s")
+
+
+class PlatformUnavailable(PlatformError):
+    """No answer from the platform, or a server error: worth trying again later."""
 
     retryable = True
