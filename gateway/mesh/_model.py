@@ -65,6 +65,41 @@ BACKOFF_S: Final = 0.5
 BACKOFF_MAX_S: Final = 8.0
 
 
+RETRY_AFTER_MAX_S: Final = 30.0
+"""A provider asking for a longer wait than this is not retried: the agent hears now."""
+
+
+def retry_after_s(exc: BaseException) -> float | None:
+    """The wait a provider asked for in its answer's Retry-After(-Ms) header, if any."""
+    # LiteLLM keeps the provider's headers here; `response` is often one it made up.
+    raw_headers = getattr(exc, "litellm_response_headers", None) or getattr(
+        getattr(exc, "response", None), "headers", None
+    )
+    if not raw_headers:
+        return None
+    headers = {str(name).lower(): value for name, value in dict(raw_headers).items()}
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        raw = headers.get(name)
+        if raw is None:
+            continue
+        try:
+            value = float(raw) * scale
+        except ValueError:
+            continue  # the HTTP-date form: left to the backoff
+        if value >= 0:
+            return value
+    return None
+
+
+def _wait_before(failure: ProviderFailed, attempt: int) -> float | None:
+    """The wait before retry `attempt`; None when the provider asked for too long."""
+    if failure.retry_after_s is None:
+        return backoff_s(attempt)
+    if failure.retry_after_s > RETRY_AFTER_MAX_S:
+        return None
+    return failure.retry_after_s
+
+
 def retryable(failure: ProviderFailed) -> bool:
     """Worth another try: no answer at all, or an overload or server error."""
     return (
@@ -123,8 +158,12 @@ async def _attempt(
             **params,
         )
     except provider_errors as exc:
-        # The type and status only: provider messages can quote keys or URLs.
-        raise ProviderFailed(_status(exc), timed_out=isinstance(exc, litellm.Timeout)) from None
+        # The type, status and asked-for wait only: provider messages can quote keys or URLs.
+        raise ProviderFailed(
+            _status(exc),
+            timed_out=isinstance(exc, litellm.Timeout),
+            retry_after_s=retry_after_s(exc),
+        ) from None
     answer: dict[str, Any] = response.model_dump()
     return answer
 
@@ -152,9 +191,10 @@ async def complete(
                 ", timed out" if failure.timed_out else "",
             )
             attempt += 1
-            if attempt > settings.retries or not retryable(failure):
+            wait = _wait_before(failure, attempt)
+            if attempt > settings.retries or not retryable(failure) or wait is None:
                 raise
-            await asyncio.sleep(backoff_s(attempt))
+            await asyncio.sleep(wait)
             continue
         usage = answer.get("usage") or {}
         log.debug(
@@ -183,7 +223,11 @@ async def _open(settings: ModelSettings, key: str | None, params: dict[str, Any]
             **params,
         )
     except provider_errors as exc:
-        raise ProviderFailed(_status(exc), timed_out=isinstance(exc, litellm.Timeout)) from None
+        raise ProviderFailed(
+            _status(exc),
+            timed_out=isinstance(exc, litellm.Timeout),
+            retry_after_s=retry_after_s(exc),
+        ) from None
 
 
 async def _chunks(stream: Any) -> AsyncIterator[dict[str, Any]]:
@@ -219,6 +263,7 @@ async def open_stream(
                 ", timed out" if failure.timed_out else "",
             )
             attempt += 1
-            if attempt > settings.retries or not retryable(failure):
+            wait = _wait_before(failure, attempt)
+            if attempt > settings.retries or not retryable(failure) or wait is None:
                 raise
-            await asyncio.sleep(backoff_s(attempt))
+            await asyncio.sleep(wait)

@@ -74,9 +74,17 @@ class ProviderFailed(Rejected):
 
     retryable = True
 
-    def __init__(self, provider_status: int | None, *, timed_out: bool = False) -> None:
+    def __init__(
+        self,
+        provider_status: int | None,
+        *,
+        timed_out: bool = False,
+        retry_after_s: float | None = None,
+    ) -> None:
         self.provider_status = provider_status
         self.timed_out = timed_out
+        self.retry_after_s = retry_after_s
+        """How long the provider asked us to wait (its Retry-After); never sent to the agent."""
         if timed_out:
             message = "the model provider did not answer in time"
         elif provider_status is None:

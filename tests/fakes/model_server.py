@@ -52,6 +52,8 @@ class Failure:
 
     status: int
     message: str = "the fake provider failed"
+    retry_after: str | None = None
+    """Sent as the Retry-After header when given."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,8 @@ class FakeModelServer:
             return await self._stream(request, body, reply, max(1, len(raw) // 4))
         if isinstance(reply, Failure):
             error = {"error": {"message": reply.message, "type": "server_error", "code": None}}
-            return web.json_response(error, status=reply.status)
+            headers = {"Retry-After": reply.retry_after} if reply.retry_after else None
+            return web.json_response(error, status=reply.status, headers=headers)
         number = next(self._ids)
         message: dict[str, Any]
         if isinstance(reply, Text):

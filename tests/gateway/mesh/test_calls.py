@@ -450,3 +450,30 @@ async def test_two_hundred_streams_with_a_third_aborted_never_overspend(
     assert total <= 0.005 * 1e9
     assert set(outcomes) <= {"ok", "aborted", "budget_exceeded"}
     assert outcomes.count("aborted") >= 1 and outcomes.count("ok") >= 1
+
+
+@pytest.mark.parametrize("model_name", ["openai/fake-model", "hosted_vllm/fake-model"])
+async def test_a_rate_limited_call_waits_as_long_as_the_provider_asked(
+    redis: aioredis.Redis, fake: FakeModelServer, directory: Path, model_name: str
+) -> None:
+    models = {"default": priced_model(fake.url, model_name, retries=2)}
+    fake.push(Failure(429, "slow down", retry_after="1.5"), Text("after the wait"))
+    async with model_calls(redis, directory, models, key=KEY) as built:
+        started = time.monotonic()
+        answer = await built.calls.chat(USER, request(built.calls))
+        took = time.monotonic() - started
+    assert answer["choices"][0]["message"]["content"] == "after the wait"
+    assert len(fake.requests) == 2
+    assert took >= 1.5  # not the backoff, which waits at most 0.5 s here
+
+
+async def test_a_provider_asking_for_too_long_a_wait_is_not_retried(
+    redis: aioredis.Redis, fake: FakeModelServer, directory: Path
+) -> None:
+    models = {"default": priced_model(fake.url, retries=3)}
+    fake.push(Failure(429, "come back tomorrow", retry_after="86400"))
+    async with model_calls(redis, directory, models, key=KEY) as built:
+        with pytest.raises(ProviderFailed) as caught:
+            await built.calls.chat(USER, request(built.calls))
+    assert len(fake.requests) == 1
+    assert "86400" not in caught.value.message  # the agent hears a status, not the wait
