@@ -14,14 +14,16 @@ import os
 import random
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import ModuleType
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from gateway.mesh._protocol import ProviderFailed
 from gateway.settings import ModelSettings
 
 log = logging.getLogger("stockade.mesh")
+
+T = TypeVar("T")
 
 _Loaded = tuple[ModuleType, tuple[type[BaseException], ...]]
 
@@ -139,17 +141,16 @@ async def warm() -> None:
     await _litellm()
 
 
-async def _attempt(
-    settings: ModelSettings, key: str | None, params: dict[str, Any]
-) -> dict[str, Any]:
+async def _acompletion(settings: ModelSettings, key: str | None, **params: Any) -> Any:
+    """One LiteLLM call; a provider error becomes `ProviderFailed` with nothing quoted."""
     litellm, provider_errors = await _litellm()
     try:
-        response = await litellm.acompletion(
+        return await litellm.acompletion(
             model=settings.name,
             api_base=settings.api_base,
             api_key=key,
             timeout=settings.timeout_s,
-            # Retries happen in `complete`, where each is logged and bounded.
+            # Retries happen in `_retrying`, where each is logged and bounded.
             max_retries=0,
             # Only plain function tools reach here. LiteLLM's MCP gateway path would
             # be skipped for them anyway, but checking for it imports the optional
@@ -164,23 +165,15 @@ async def _attempt(
             timed_out=isinstance(exc, litellm.Timeout),
             retry_after_s=retry_after_s(exc),
         ) from None
-    answer: dict[str, Any] = response.model_dump()
-    return answer
 
 
-async def complete(
-    settings: ModelSettings, key: str | None, params: dict[str, Any], user_id: str
-) -> dict[str, Any]:
-    """The provider's answer as a JSON-ready dict, retrying what is worth retrying.
-
-    `params` are the checked, allowlisted fields from `parse_chat`; `key` comes from
-    the vault, never from the agent. Raises `ProviderFailed` once retries are spent.
-    """
+async def _retrying(settings: ModelSettings, user_id: str, call: Callable[[], Awaitable[T]]) -> T:
+    """`call()`, again after each failure worth retrying, waiting as the provider asked."""
     attempt = 0
     while True:
         started = time.monotonic()
         try:
-            answer = await _attempt(settings, key, params)
+            return await call()
         except ProviderFailed as failure:
             log.warning(
                 "model call to %s for %s failed after %.2f s (status %s%s)",
@@ -195,39 +188,28 @@ async def complete(
             if attempt > settings.retries or not retryable(failure) or wait is None:
                 raise
             await asyncio.sleep(wait)
-            continue
-        usage = answer.get("usage") or {}
-        log.debug(
-            "model call for %s took %.3f s (%s prompt + %s completion tokens)",
-            user_id,
-            time.monotonic() - started,
-            usage.get("prompt_tokens"),
-            usage.get("completion_tokens"),
-        )
-        return answer
 
 
-async def _open(settings: ModelSettings, key: str | None, params: dict[str, Any]) -> Any:
-    litellm, provider_errors = await _litellm()
-    try:
-        return await litellm.acompletion(
-            model=settings.name,
-            api_base=settings.api_base,
-            api_key=key,
-            timeout=settings.timeout_s,
-            max_retries=0,
-            _skip_mcp_handler=True,
-            stream=True,
-            # The real usage arrives in the last chunk: what a finished stream is billed.
-            stream_options={"include_usage": True},
-            **params,
-        )
-    except provider_errors as exc:
-        raise ProviderFailed(
-            _status(exc),
-            timed_out=isinstance(exc, litellm.Timeout),
-            retry_after_s=retry_after_s(exc),
-        ) from None
+async def complete(
+    settings: ModelSettings, key: str | None, params: dict[str, Any], user_id: str
+) -> dict[str, Any]:
+    """The provider's answer as a JSON-ready dict, retrying what is worth retrying.
+
+    `params` are the checked, allowlisted fields from `parse_chat`; `key` comes from
+    the vault, never from the agent. Raises `ProviderFailed` once retries are spent.
+    """
+    started = time.monotonic()
+    response = await _retrying(settings, user_id, lambda: _acompletion(settings, key, **params))
+    answer: dict[str, Any] = response.model_dump()
+    usage = answer.get("usage") or {}
+    log.debug(
+        "model call for %s took %.3f s (%s prompt + %s completion tokens)",
+        user_id,
+        time.monotonic() - started,
+        usage.get("prompt_tokens"),
+        usage.get("completion_tokens"),
+    )
+    return answer
 
 
 async def _chunks(stream: Any) -> AsyncIterator[dict[str, Any]]:
@@ -250,20 +232,12 @@ async def open_stream(
     Opening is retried as `complete` retries; a failure after the first chunk is not
     (part of the answer is already on its way): it ends the stream with `ProviderFailed`.
     """
-    attempt = 0
-    while True:
-        try:
-            return _chunks(await _open(settings, key, params))
-        except ProviderFailed as failure:
-            log.warning(
-                "streamed model call to %s for %s failed (status %s%s)",
-                settings.name,
-                user_id,
-                failure.provider_status,
-                ", timed out" if failure.timed_out else "",
-            )
-            attempt += 1
-            wait = _wait_before(failure, attempt)
-            if attempt > settings.retries or not retryable(failure) or wait is None:
-                raise
-            await asyncio.sleep(wait)
+    stream = await _retrying(
+        settings,
+        user_id,
+        # The real usage arrives in the last chunk: what a finished stream is billed.
+        lambda: _acompletion(
+            settings, key, stream=True, stream_options={"include_usage": True}, **params
+        ),
+    )
+    return _chunks(stream)

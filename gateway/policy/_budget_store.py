@@ -481,6 +481,23 @@ class BudgetGate:
             windows = self._days[day] = windows_of_day(day, self._tz)
         return windows
 
+    def _use(
+        self, windows: Windows, index: int, spent: int, held: int, cap: int | None, now: float
+    ) -> WindowUse:
+        """Window number `index` of WINDOW_ORDER, as a report."""
+        scope, period = WINDOW_ORDER[index]
+        return WindowUse(
+            scope=scope,
+            period=period,
+            key=windows.key(period),
+            spent_nano=spent,
+            held_nano=held,
+            cap_nano=cap,
+            resets_at=windows.resets_at(period),
+            as_of=now,
+            timezone=self._tz,
+        )
+
     # -- reserve ---------------------------------------------------------------------------
 
     async def reserve(
@@ -618,21 +635,8 @@ class BudgetGate:
         refused = []
         for i in range(0, len(flat), 3):
             index = int(flat[i]) - 1
-            scope, period = WINDOW_ORDER[index]
             used, held = int(flat[i + 1]), int(flat[i + 2])
-            refused.append(
-                WindowUse(
-                    scope=scope,
-                    period=period,
-                    key=windows.key(period),
-                    spent_nano=used - held,
-                    held_nano=held,
-                    cap_nano=caps[index],
-                    resets_at=windows.resets_at(period),
-                    as_of=now,
-                    timezone=self._tz,
-                )
-            )
+            refused.append(self._use(windows, index, used - held, held, caps[index], now))
         # Latest reset first; on a tie the user's own window before the shared one.
         return max(refused, key=lambda w: (w.resets_at, w.scope is Scope.USER))
 
@@ -690,18 +694,8 @@ class BudgetGate:
         caps = self._caps_of(user_id)
         now = self._clock()
         return tuple(
-            WindowUse(
-                scope=scope,
-                period=period,
-                key=windows.key(period),
-                spent_nano=int(counters[i]),
-                held_nano=int(counters[4 + i]),
-                cap_nano=caps[i],
-                resets_at=windows.resets_at(period),
-                as_of=now,
-                timezone=self._tz,
-            )
-            for i, (scope, period) in enumerate(WINDOW_ORDER)
+            self._use(windows, i, int(counters[i]), int(counters[4 + i]), caps[i], now)
+            for i in range(len(WINDOW_ORDER))
             if mask & (1 << i)
         )
 
@@ -862,21 +856,9 @@ class BudgetGate:
         except RedisError as exc:
             raise BudgetUnavailable(f"usage failed: {type(exc).__name__}") from None
         uses = []
-        for i, (scope, period) in enumerate(WINDOW_ORDER):
+        for i in range(len(WINDOW_ORDER)):
             used, held = (_int(v) for v in replies[i])
-            uses.append(
-                WindowUse(
-                    scope=scope,
-                    period=period,
-                    key=windows.key(period),
-                    spent_nano=used - held,
-                    held_nano=held,
-                    cap_nano=caps[i],
-                    resets_at=windows.resets_at(period),
-                    as_of=now,
-                    timezone=self._tz,
-                )
-            )
+            uses.append(self._use(windows, i, used - held, held, caps[i], now))
         models = sorted(
             ((_text(m), int(v)) for m, v in replies[4].items()), key=lambda mv: (-mv[1], mv[0])
         )

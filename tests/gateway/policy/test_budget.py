@@ -40,9 +40,8 @@ from gateway.policy.budget import (
     worst_case,
 )
 from gateway.settings import BudgetSettings, Caps, Price
+from tests.gateway.policy._budget import PRICE
 from tests.gateway.sanitize_corpus import BENIGN
-
-PRICE = TokenPrice(input_pico=1_000_000, output_pico=4_000_000)  # $1 and $4 per Mtok
 
 
 def at(text: str) -> float:
@@ -272,8 +271,8 @@ def _tokenizers() -> list[Any]:
 
 
 def test_prompt_bound_is_above_real_token_counts_in_every_script() -> None:
-    if not TOKENIZERS.exists():
-        pytest.skip("LiteLLM's bundled tokenizers are not installed")
+    # LiteLLM is a dependency and bundles these: their absence is a broken install.
+    assert TOKENIZERS.is_dir(), f"LiteLLM's bundled tokenizers are missing at {TOKENIZERS}"
     encoders = _tokenizers()
     conversation = [{"role": "user", "content": text} for text in BENIGN]
     for message in conversation:

@@ -33,28 +33,11 @@ from gateway.policy.budget import (
     worst_case,
 )
 from gateway.settings import BudgetSettings, Caps, Price
+from tests.gateway.policy._budget import NOON, PRICE, Clock
 from tests.services import RedisProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-PRICE = TokenPrice(input_pico=1_000_000, output_pico=4_000_000)  # $1 and $4 per Mtok
-NOON = datetime.fromisoformat("2026-11-22T12:00:00+00:00").timestamp()
 UNCAPPED = Caps(daily_usd=None, monthly_usd=None)
-
-
-class Clock:
-    """A clock the test moves."""
-
-    def __init__(self, now: float = NOON) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-async def ledger(tmp_path: Path) -> AsyncIterator[Ledger]:
-    async with Ledger(tmp_path / "ledger") as ledger:
-        yield ledger
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,29 +11,14 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.errors import BudgetUnavailable
-from gateway.policy import BudgetGate, Ledger, Outcome, TokenPrice
+from gateway.policy import BudgetGate, Ledger, Outcome
 from gateway.policy._budget_store import EXPIRY_KEY, PREFIX, REBUILD_KEY, window_key
 from gateway.policy._ledger import Entry, applied_count, decode, encode, read_month, replay
 from gateway.policy.budget import Period, Scope, worst_case
 from gateway.settings import BudgetSettings, Caps
+from tests.gateway.policy._budget import NOON, PRICE, Clock
 
-PRICE = TokenPrice(input_pico=1_000_000, output_pico=4_000_000)
-NOON = datetime.fromisoformat("2026-11-22T12:00:00+00:00").timestamp()
 ROOMY = BudgetSettings(user=Caps(daily_usd=100, monthly_usd=1_000), total=Caps())
-
-
-class Clock:
-    def __init__(self, now: float = NOON) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-async def ledger(tmp_path: Path) -> AsyncIterator[Ledger]:
-    async with Ledger(tmp_path / "ledger") as ledger:
-        yield ledger
 
 
 def entry(op: str, rid: str, **fields: Any) -> Entry:
