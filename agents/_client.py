@@ -10,9 +10,11 @@ for with a short, capped backoff. Errors form one small tree:
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import logging
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -26,6 +28,8 @@ REQUEST_TIMEOUT_S: Final = 300.0
 """Longest wait for one answer; the mesh bounds model calls well below it."""
 GIVE_UP_S: Final = 120.0
 """How long a reply or model call waits for an unreachable mesh before failing."""
+_ERROR_BODY_MAX: Final = 65_536
+_BLOB_ID: Final = re.compile(r"[0-9a-f]{64}")
 
 log = logging.getLogger("agents.mesh")
 
@@ -49,6 +53,19 @@ class MeshRefused(MeshError):
 
 
 @dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file that came with a message; `MeshClient.file` fetches it while the message is open."""
+
+    id: str
+    kind: str
+    """"image", "file" or "voice"."""
+    name: str
+    """The sender's file name: sanitized by the gateway, still not a safe path."""
+    type: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
     """One message from the agent's user."""
 
@@ -57,6 +74,26 @@ class Message:
     sender_name: str
     channel: str
     received_at: float
+    attachments: tuple[Attachment, ...] = ()
+
+
+def _attachments(value: Any) -> tuple[Attachment, ...]:
+    """The `attachments` of a next message; MeshError when one has a field of the wrong type."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise MeshError("the next message's attachments are not a list of objects")
+    found = []
+    for item in value:
+        fields = (item.get("id"), item.get("kind"), item.get("name"), item.get("type"))
+        size = item.get("size")
+        if not all(isinstance(f, str) for f in fields) or not (
+            isinstance(size, int) and not isinstance(size, bool) and size >= 0
+        ):
+            raise MeshError("an attachment of the next message has a field of the wrong type")
+        ident, kind, name, content_type = (str(f) for f in fields)
+        found.append(Attachment(ident, kind, name, content_type, size))
+    return tuple(found)
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -81,6 +118,21 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 class _Answer:
     status: int
     body: Any
+
+
+@dataclass(frozen=True, slots=True)
+class _Raw:
+    status: int
+    body: bytes
+
+
+def _json(raw: _Raw) -> _Answer:
+    if raw.status == 204 or not raw.body:
+        return _Answer(raw.status, None)
+    try:
+        return _Answer(raw.status, json.loads(raw.body))
+    except (UnicodeDecodeError, ValueError):
+        raise MeshError(f"the mesh answered {raw.status} with a body that is not JSON") from None
 
 
 def _refused(answer: _Answer) -> MeshRefused:
@@ -108,8 +160,13 @@ class MeshClient:
         self._give_up_s = give_up_s
         self._sleep = sleep
 
-    def _once(self, method: str, target: str, payload: Any, timeout: float) -> _Answer:
-        """One request. `ConnectionError`-like `OSError`s before sending mean nothing was sent."""
+    def _once(
+        self, method: str, target: str, payload: Any, timeout: float, limit: int | None
+    ) -> _Raw:
+        """One request. `ConnectionError`-like `OSError`s before sending mean nothing was sent.
+
+        At most `limit` bytes of the answer are read when it is given.
+        """
         connection = UnixHTTPConnection(self._path, timeout)
         try:
             connection.connect()
@@ -121,19 +178,12 @@ class MeshClient:
                     headers["Content-Type"] = "application/json"
                 connection.request(method, target, body=body, headers=headers)
                 response = connection.getresponse()
-                raw = response.read()
+                raw = response.read() if limit is None else response.read(limit)
             except (OSError, http.client.HTTPException) as exc:
                 raise MeshUnavailable(f"the connection broke: {type(exc).__name__}") from None
         finally:
             connection.close()
-        if response.status == 204 or not raw:
-            return _Answer(response.status, None)
-        try:
-            return _Answer(response.status, json.loads(raw))
-        except (UnicodeDecodeError, ValueError):
-            raise MeshError(
-                f"the mesh answered {response.status} with a body that is not JSON"
-            ) from None
+        return _Raw(response.status, raw)
 
     def _request(
         self,
@@ -144,13 +194,26 @@ class MeshClient:
         timeout: float = REQUEST_TIMEOUT_S,
         forever: bool = False,
     ) -> _Answer:
+        """A request with a JSON answer; see `_request_raw`."""
+        return _json(self._request_raw(method, target, payload, timeout=timeout, forever=forever))
+
+    def _request_raw(
+        self,
+        method: str,
+        target: str,
+        payload: Any = None,
+        *,
+        timeout: float = REQUEST_TIMEOUT_S,
+        forever: bool = False,
+        limit: int | None = None,
+    ) -> _Raw:
         """A request, retried while the socket is missing or refuses (nothing was sent then)."""
         backoff = BACKOFF_MIN_S
         started = time.monotonic()
         complained = False
         while True:
             try:
-                return self._once(method, target, payload, timeout)
+                return self._once(method, target, payload, timeout, limit)
             except OSError as exc:
                 if not forever and time.monotonic() - started > self._give_up_s:
                     raise MeshUnavailable(
@@ -181,6 +244,7 @@ class MeshClient:
                 sender_name=body.get("sender_name", ""),
                 channel=body.get("channel", ""),
                 received_at=float(body.get("received_at", 0.0)),
+                attachments=_attachments(body.get("attachments")),
             )
         except (KeyError, TypeError, ValueError):
             raise MeshError("the next message lacks a field or has a wrong type") from None
@@ -188,6 +252,31 @@ class MeshClient:
             if not isinstance(value, str):
                 raise MeshError("the next message has a field of the wrong type")
         return message
+
+    def file(self, attachment: Attachment) -> bytes:
+        """The bytes of an attachment of an open message; exactly what was announced, or an error.
+
+        `MeshRefused` when the mesh will not hand it out (404 not an open message's
+        file, 410 expired); `MeshError` when the bytes are not the announced size or
+        do not hash to the attachment's id.
+        """
+        if _BLOB_ID.fullmatch(attachment.id) is None:
+            raise MeshError("the attachment's id is not a blob id")
+        # One byte past the announced size tells that more was sent; an error's JSON
+        # body may be longer than a small file.
+        raw = self._request_raw(
+            "GET", f"/v1/files/{attachment.id}", limit=max(attachment.size + 1, _ERROR_BODY_MAX)
+        )
+        if raw.status != 200:
+            raise _refused(_json(raw))
+        if len(raw.body) != attachment.size:
+            raise MeshError(
+                f"the file is not the {attachment.size} bytes announced"
+                f"{' (it is larger)' if len(raw.body) > attachment.size else ''}"
+            )
+        if hashlib.sha256(raw.body).hexdigest() != attachment.id:
+            raise MeshError("the file's bytes do not match its id")
+        return raw.body
 
     def chat(self, request: dict[str, Any]) -> dict[str, Any]:
         """An OpenAI-style chat completion through the mesh; `MeshRefused` on any error status."""

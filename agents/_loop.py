@@ -1,9 +1,10 @@
 """The agent's main loop: take the next message, think with tools, answer, remember.
 
-One message at a time: long-poll the mesh for the user's next message, run the
-model with the tools for a bounded number of steps, post the final reply. A
-model call the mesh refuses becomes a sentence to the user, and a failure in one
-turn never stops the loop.
+One message at a time: long-poll the mesh for the user's next message, copy the
+files that came with it into `inbox/` of the workspace, run the model with the
+tools for a bounded number of steps, post the final reply. A model call the mesh
+refuses becomes a sentence to the user, a file that cannot be fetched becomes a
+line in the prompt, and a failure in one turn never stops the loop.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -21,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
-from agents._client import MeshClient, MeshError, MeshRefused, Message
+from agents._client import Attachment, MeshClient, MeshError, MeshRefused, Message
 from agents._memory import Memory, MemoryStore
 from agents._tools import SCHEMAS, Tools
 
@@ -38,6 +40,19 @@ MAX_CALLS_PER_STEP: Final = 8
 TOOL_RESULT_MAX: Final = 16_000
 """Characters of one tool result that re-enter the prompt."""
 _ERROR_PAUSE_S: Final = 1.0
+
+INBOX_DIR: Final = "inbox"
+MAX_ATTACHMENT_BYTES: Final = 100_000_000
+"""Largest file copied into the workspace; the channels' own limits are far lower."""
+MAX_FILE_NAME_BYTES: Final = 120
+"""UTF-8 bytes of a saved file's name before any `-N`: well under the 255 filesystems allow."""
+MAX_SAME_NAME: Final = 1_000
+"""Numbered variants (`name-2.ext` ...) tried before a file is reported as not saved."""
+_SUFFIX: Final = re.compile(r"\.[A-Za-z0-9_+-]{1,15}")
+_CONTENT_TYPE: Final = re.compile(r"[A-Za-z0-9][\w!#$&^.+-]{0,63}/[A-Za-z0-9][\w!#$&^.+-]{0,63}")
+_DEFAULT_NAMES: Final = {"image": "image", "voice": "voice-note"}
+_KINDS: Final = {"image": "image", "voice": "voice note"}
+_LABELS: Final = {**_KINDS, "voice": "voice note, not transcribed"}
 
 SYSTEM_PROMPT: Final = (
     "You are a helpful assistant. You have a private workspace directory, which is "
@@ -64,6 +79,113 @@ def refusal_text(exc: MeshRefused) -> str:
     if exc.status >= 500:
         return f"I can't reach the model right now: {exc.message}. Please try again later."
     return f"I can't use the model for this: {exc.message}."
+
+
+# -- attachments -----------------------------------------------------------------------
+
+
+def _split(name: str) -> tuple[str, str]:
+    """(stem, extension with its dot); the extension is empty when there is no plain one."""
+    stem, dot, extension = name.rpartition(".")
+    suffix = dot + extension
+    if stem and _SUFFIX.fullmatch(suffix):
+        return stem, suffix
+    return name, ""
+
+
+def _cut(text: str, max_bytes: int) -> str:
+    """`text` cut to at most `max_bytes` of UTF-8, never inside a character."""
+    return text.encode("utf-8")[:max_bytes].decode("utf-8", "ignore")
+
+
+def safe_file_name(raw: str, kind: str = "file") -> str:
+    """A plain name for a file of the workspace made from a sender's file name.
+
+    The gateway sanitized the name already; it is still not trusted as a path. Any
+    directory part goes, as do characters that are not printable, leading dots and
+    spaces (no hidden files, no `..`) and runs of dots; the result is bounded in
+    length and keeps a plain extension. An empty result becomes a name for `kind`.
+    """
+    base = raw.replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(char for char in base if char.isprintable())
+    base = re.sub(r"\.{2,}", ".", base).lstrip(". ").rstrip()
+    if not base:
+        return _DEFAULT_NAMES.get(kind, "file")
+    stem, suffix = _split(base)
+    stem = _cut(stem, MAX_FILE_NAME_BYTES - len(suffix)).rstrip()
+    return (stem or _DEFAULT_NAMES.get(kind, "file")) + suffix
+
+
+def human_size(size: int) -> str:
+    if size < 1_000:
+        return "1 byte" if size == 1 else f"{size} bytes"
+    if size < 999_500:
+        return f"{size / 1_000:.0f} kB"
+    return f"{size / 1_000_000:.1f} MB"
+
+
+def attachment_note(attachment: Attachment, saved_as: str | None, problem: str = "") -> str:
+    """The line the model reads about one file: where it is in the workspace, or why not."""
+    if saved_as is None:
+        name = safe_file_name(attachment.name, attachment.kind)
+        kind = _KINDS.get(attachment.kind, "file")
+        return f"[attached {kind} {name!r} could not be fetched: {problem}]"
+    label = _LABELS.get(attachment.kind, "file")
+    content_type = attachment.type.split(";", 1)[0].strip()
+    if _CONTENT_TYPE.fullmatch(content_type) is None:
+        content_type = "unknown type"
+    return f"[attached {label}: {saved_as} ({content_type}, {human_size(attachment.size)})]"
+
+
+def with_notes(text: str, notes: list[str]) -> str:
+    """The user message the model reads: the text, then a line per attached file."""
+    if not notes:
+        return text
+    return "\n\n".join(part for part in (text, "\n".join(notes)) if part)
+
+
+class Inbox:
+    """Files that came with messages, saved under `<workspace>/inbox/` and never over anything.
+
+    Everything in the workspace may have been put there by the model's tools, so no
+    path is followed: the directory is opened without following a symlink, and each
+    file is created new (`O_EXCL | O_NOFOLLOW`) under a name not yet taken.
+    """
+
+    def __init__(self, workspace: Path) -> None:
+        self.path = workspace / INBOX_DIR
+
+    def save(self, name: str, data: bytes) -> str:
+        """Write `data` under `name`, or `stem-2.ext`, `stem-3.ext` ...; the name used."""
+        with contextlib.suppress(FileExistsError):
+            self.path.mkdir(mode=0o700)
+        directory = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            return self._create(directory, name, data)
+        finally:
+            os.close(directory)
+
+    @staticmethod
+    def _create(directory: int, name: str, data: bytes) -> str:
+        stem, suffix = _split(name)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        for number in range(1, MAX_SAME_NAME + 1):
+            candidate = name if number == 1 else f"{stem}-{number}{suffix}"
+            try:
+                fd = os.open(candidate, flags, 0o600, dir_fd=directory)
+            except FileExistsError:
+                continue  # a file, a directory or a planted symlink: none is written through
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+            except BaseException:
+                os.unlink(candidate, dir_fd=directory)
+                raise
+            return candidate
+        raise FileExistsError(f"{MAX_SAME_NAME} files named like this exist already")
+
+
+# -- the model's answers ---------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +240,7 @@ class Agent:
         self._client = client
         self._tools = Tools(workspace)
         self._memory = MemoryStore(workspace)
+        self._inbox = Inbox(workspace)
 
     def think(self, message: Message) -> str:
         """The final answer to `message`, after up to MAX_STEPS model calls; saves the memory."""
@@ -125,7 +248,8 @@ class Agent:
         if memory.answered_id == message.id and memory.answered_text:
             log.info("message %s was answered before a restart; sending that answer", message.id)
             return memory.answered_text
-        history = [*memory.messages, {"role": "user", "content": message.text}]
+        text = with_notes(message.text, [self._receive(a) for a in message.attachments])
+        history = [*memory.messages, {"role": "user", "content": text}]
         answer = ""
         for step in range(MAX_STEPS):
             try:
@@ -161,6 +285,29 @@ class Agent:
             )
         self._memory.save(Memory(history, message.id, answer))
         return answer
+
+    def _receive(self, attachment: Attachment) -> str:
+        """Fetch one file into the inbox; the note about it for the model, also on failure."""
+        if attachment.size > MAX_ATTACHMENT_BYTES:
+            limit = human_size(MAX_ATTACHMENT_BYTES)
+            return attachment_note(attachment, None, f"it is larger than {limit}")
+        try:
+            data = self._client.file(attachment)
+        except MeshRefused as exc:
+            log.warning("attachment %s... refused: %d %s", attachment.id[:12], exc.status, exc.kind)
+            problem = "it expired" if exc.status == 410 else exc.message
+            return attachment_note(attachment, None, problem)
+        except MeshError as exc:
+            log.warning("attachment %s... not fetched: %s", attachment.id[:12], exc)
+            return attachment_note(attachment, None, str(exc))
+        try:
+            name = self._inbox.save(safe_file_name(attachment.name, attachment.kind), data)
+        except OSError as exc:
+            log.warning("attachment %s... not saved: %s", attachment.id[:12], type(exc).__name__)
+            problem = f"it could not be saved in {INBOX_DIR}/ ({type(exc).__name__})"
+            return attachment_note(attachment, None, problem)
+        log.info("saved attachment %s... (%d bytes)", attachment.id[:12], len(data))
+        return attachment_note(attachment, f"{INBOX_DIR}/{name}")
 
     def _run(self, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One tool message per call, in order; each result is bounded."""

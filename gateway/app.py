@@ -19,7 +19,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import embedded_redis
 from gateway.bus import Bus, out_stream
-from gateway.commands import default_registry
+from gateway.commands import Registry, default_registry
+from gateway.edge import run_channels
 from gateway.errors import CommandError, DependencyError, RedisUnavailable
 from gateway.mesh import Mesh, ModelCalls
 from gateway.policy import BudgetGate, Identities, Ledger
@@ -112,11 +113,14 @@ def budget_reader(client: aioredis.Redis, settings: Settings) -> BudgetGate:
     return BudgetGate(client, settings.budget, Ledger(settings.ledger_dir()))
 
 
+def _commands(client: aioredis.Redis, settings: Settings) -> Registry:
+    usage_of = budget_reader(client, settings).usage
+    return default_registry(settings.router.command_prefix, usage_of)
+
+
 def _router(client: aioredis.Redis, settings: Settings) -> Router:
     bus = Bus(client, settings.bus)
-    usage_of = budget_reader(client, settings).usage
-    commands = default_registry(settings.router.command_prefix, usage_of)
-    return Router(bus, Identities(client), commands)
+    return Router(bus, Identities(client), _commands(client, settings))
 
 
 def _image_progress(line: str) -> None:
@@ -142,7 +146,7 @@ async def _agents(client: aioredis.Redis, settings: Settings) -> AsyncIterator[S
             # snapshot) are rebuilt before any call is let through.
             await gate.recover()
             calls = ModelCalls(settings.models, settings.mesh, VaultOnDemand(settings), gate)
-            mesh = Mesh(bus, calls, settings.mesh, settings.data_dir / "mesh")
+            mesh = Mesh(bus, calls, settings.mesh, settings.data_dir / "mesh", redis=client)
             # LiteLLM takes seconds to import: pay it now, not in a user's first reply.
             await mesh.warm()
             try:
@@ -221,6 +225,12 @@ async def up(settings: Settings) -> None:
             router = _router(client, settings)
             roles.create_task(router.run(consumer_name("router")), name="router")
             roles.create_task(supervisor.run(consumer_name("agents")), name="agents")
+            roles.create_task(
+                run_channels(
+                    client, settings, _commands(client, settings), consumer_name("channels")
+                ),
+                name="channels",
+            )
             log.info("Stockade is up; talk to it with `stockade chat`")
     finally:
         log.info("Stockade stopped")
@@ -233,6 +243,10 @@ async def run_role(settings: Settings, role: str) -> None:
     async with redis_client(settings, start_embedded=False) as client:
         if role == "router":
             await _router(client, settings).run(consumer_name(role))
+            return
+        if role == "channels":
+            commands = _commands(client, settings)
+            await run_channels(client, settings, commands, consumer_name(role))
             return
         async with _agents(client, settings) as supervisor:
             await supervisor.run(consumer_name(role))

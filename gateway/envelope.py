@@ -27,6 +27,24 @@ def _freeze(extras: Mapping[str, str]) -> Mapping[str, str]:
     return MappingProxyType(dict(extras))
 
 
+ATTACHMENT_KINDS: Final = frozenset(("image", "file", "voice"))
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file that came with a message; its bytes wait in the blob store under `blob`."""
+
+    kind: str
+    """"image", "file" or "voice" (a voice note, kept as a file)."""
+    name: str
+    """The file name, sanitized and without any directory part."""
+    content_type: str
+    size: int
+    """Bytes, as stored."""
+    blob: str
+    """The blob store's id of the bytes (their SHA-256, in hex)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Inbound:
     """One message from a person on a platform, already sanitized by its channel."""
@@ -50,11 +68,15 @@ class Inbound:
     """In a group: the bot was mentioned or replied to."""
     user_id: str = ""
     """Stockade's internal user id; empty until the router resolves it."""
+    conversation_name: str = ""
+    """The chat's title or channel name, for people to read; empty in a direct chat."""
+    attachments: tuple[Attachment, ...] = ()
     extras: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     schema: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "extras", _freeze(self.extras))
+        object.__setattr__(self, "attachments", tuple(self.attachments))
 
     @property
     def dedupe_key(self) -> str:
@@ -108,6 +130,7 @@ _INBOUND_STR: Final = (
     "sender_name",
     "thread_id",
     "user_id",
+    "conversation_name",
 )
 _OUTBOUND_STR: Final = (
     "channel",
@@ -131,6 +154,10 @@ def encode(envelope: Envelope) -> dict[str, str]:
         fields["received_at"] = repr(envelope.received_at)
         fields["is_direct"] = "1" if envelope.is_direct else "0"
         fields["mentioned"] = "1" if envelope.mentioned else "0"
+        if envelope.attachments:
+            fields["a"] = json.dumps(
+                [_attachment_fields(a) for a in envelope.attachments], ensure_ascii=False
+            )
     else:
         fields = {"v": str(envelope.schema), "kind": "out"}
         for name in _OUTBOUND_STR:
@@ -176,6 +203,42 @@ def _extras(fields: Mapping[str, str]) -> Mapping[str, str]:
     return MappingProxyType(value)
 
 
+def _attachment_fields(attachment: Attachment) -> dict[str, str | int]:
+    return {
+        "kind": attachment.kind,
+        "name": attachment.name,
+        "type": attachment.content_type,
+        "size": attachment.size,
+        "blob": attachment.blob,
+    }
+
+
+def _attachment(value: object) -> Attachment:
+    if not isinstance(value, dict):
+        raise EnvelopeError("an attachment must be an object")
+    kind, name, ctype, size, blob = (value.get(k) for k in ("kind", "name", "type", "size", "blob"))
+    if kind not in ATTACHMENT_KINDS:
+        raise EnvelopeError(f"unknown attachment kind {str(kind)[:20]!r}")
+    if not (isinstance(name, str) and isinstance(ctype, str) and isinstance(blob, str)):
+        raise EnvelopeError("attachment name, type and blob must be strings")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise EnvelopeError("attachment size must be a whole number of bytes")
+    return Attachment(kind=kind, name=name, content_type=ctype, size=size, blob=blob)
+
+
+def _attachments(fields: Mapping[str, str]) -> tuple[Attachment, ...]:
+    raw = fields.get("a")
+    if raw is None:
+        return ()
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise EnvelopeError("field 'a' is not JSON") from None
+    if not isinstance(value, list):
+        raise EnvelopeError("field 'a' must be a list of attachments")
+    return tuple(_attachment(item) for item in value)
+
+
 def decode(raw: Mapping[str, str] | Mapping[bytes, bytes]) -> Envelope:
     """The envelope in stream fields; `EnvelopeError` says what is wrong."""
     fields = _text(raw)
@@ -203,6 +266,8 @@ def decode(raw: Mapping[str, str] | Mapping[bytes, bytes]) -> Envelope:
             is_direct=_flag(fields, "is_direct"),
             mentioned=_flag(fields, "mentioned"),
             user_id=fields.get("user_id", ""),
+            conversation_name=fields.get("conversation_name", ""),
+            attachments=_attachments(fields),
             extras=_extras(fields),
         )
     if kind == "out":

@@ -2,8 +2,9 @@
 
 router: routes inbound messages to commands or agents (any number of them).
 agents: the supervisor and the mesh of one Docker host.
+channels: the enabled platform adapters and the webhook server they share.
 """
 
 from typing import Final
 
-ROLES: Final = ("router", "agents")
+ROLES: Final = ("router", "agents", "channels")

@@ -24,6 +24,12 @@ ROUTER_GROUP: Final = "router"
 log = logging.getLogger("stockade.router")
 
 
+def addressed(inbound: Inbound) -> bool:
+    """Whether the bot should answer: always in a direct chat; in a group only when
+    mentioned or replied to (the channel decides what counts as that)."""
+    return inbound.is_direct or inbound.mentioned
+
+
 class Router:
     def __init__(self, bus: Bus, identities: Identities, commands: Registry) -> None:
         self._bus = bus
@@ -34,6 +40,10 @@ class Router:
         inbound = delivery.envelope
         if not isinstance(inbound, Inbound):
             raise EnvelopeError("the inbound stream carried an outbound envelope")
+        if not addressed(inbound):
+            # Group chatter not meant for the bot: no identity made, no agent woken.
+            await self._bus.ack(delivery)
+            return
         user_id = await self._identities.resolve(inbound.channel, inbound.sender_id)
         inbound = dataclasses.replace(inbound, user_id=user_id)
         invocation = self._commands.parse(inbound.text)

@@ -8,11 +8,14 @@ problem; `load()` turns them into one `ConfigError`.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -203,14 +206,51 @@ class ConsoleSettings(_Part):
     enabled: bool = True
 
 
+def _api_base(value: str) -> str:
+    """A platform API address: https, or plain http only to this machine (a local fake,
+    a local Bot API server). Tokens travel in these requests."""
+    parsed = urlsplit(value)
+    if parsed.scheme == "https" and parsed.hostname:
+        return value
+    if parsed.scheme == "http" and parsed.hostname in ("127.0.0.1", "localhost", "::1"):
+        return value
+    raise ValueError("must be an https:// URL (or http:// on 127.0.0.1 / localhost)")
+
+
+def _path(value: str) -> str:
+    if not value.startswith("/") or "?" in value or "#" in value:
+        raise ValueError("must be a URL path starting with /, without query")
+    return value
+
+
+WebhookPath = Annotated[str, AfterValidator(_path)]
+ApiBase = Annotated[str, AfterValidator(_api_base)]
+_TELEGRAM_SECRET = re.compile(r"[A-Za-z0-9_-]{16,256}")
+
+
 class TelegramSettings(_Part):
     enabled: bool = False
     token: SecretStr | None = None
+    mode: Literal["polling", "webhook"] = "polling"
+    webhook_path: WebhookPath = "/telegram"
+    """Where the shared webhook server takes Telegram's updates (mode = "webhook")."""
+    secret_token: SecretStr | None = None
+    """Telegram sends it back in X-Telegram-Bot-Api-Secret-Token; 16–256 of [A-Za-z0-9_-]."""
+    api_base: ApiBase = "https://api.telegram.org"
+    poll_timeout_s: int = Field(default=30, ge=0, le=50)
+    bot_username: str = ""
+    """Asked of Telegram at start when empty; needed to see mentions in groups."""
 
     @model_validator(mode="after")
     def _token_when_enabled(self) -> TelegramSettings:
         if self.enabled and self.token is None:
             raise ValueError("token: required when enabled = true")
+        if self.enabled and self.mode == "webhook" and self.secret_token is None:
+            raise ValueError('secret_token: required when mode = "webhook"')
+        if self.secret_token is not None and not _TELEGRAM_SECRET.fullmatch(
+            self.secret_token.get_secret_value()
+        ):
+            raise ValueError("secret_token: 16 to 256 characters of A-Z, a-z, 0-9, _ and -")
         return self
 
 
@@ -231,6 +271,11 @@ class SlackSettings(_Part):
     bot_token: SecretStr | None = None
     app_token: SecretStr | None = None
     signing_secret: SecretStr | None = None
+    webhook_path: WebhookPath = "/slack/events"
+    """Events, slash commands and interactivity all come here (mode = "http")."""
+    api_base: ApiBase = "https://slack.com/api/"
+    files_base: ApiBase = "https://files.slack.com/"
+    """Only files under this address are fetched (with the bot token)."""
 
     @model_validator(mode="after")
     def _tokens_when_enabled(self) -> SlackSettings:
@@ -270,14 +315,18 @@ class WhatsAppSettings(_Part):
     account_sid: str = ""
     auth_token: SecretStr | None = None
     from_number: str = ""
-    public_url: str = ""
-    """The URL Twilio calls, as seen from outside any reverse proxy; signatures cover it."""
+    """The sender, e.g. "whatsapp:+14155238886"."""
+    webhook_path: WebhookPath = "/twilio/whatsapp"
+    status_path: WebhookPath = "/twilio/status"
+    api_base: ApiBase = "https://api.twilio.com"
+    media_base: ApiBase = "https://api.twilio.com"
+    """Only media under this address are fetched (with the account's credentials)."""
 
     @model_validator(mode="after")
     def _credentials_when_enabled(self) -> WhatsAppSettings:
         if not self.enabled:
             return self
-        for name in ("account_sid", "from_number", "public_url"):
+        for name in ("account_sid", "from_number"):
             if not getattr(self, name):
                 raise ValueError(f"{name}: required when enabled = true")
         if self.auth_token is None:
@@ -285,13 +334,82 @@ class WhatsAppSettings(_Part):
         return self
 
 
+class WebhookSettings(_Part):
+    """The one HTTP server that webhook-mode channels share."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8480, ge=0, le=65_535)
+    public_url: str = ""
+    """Scheme and host the platforms call, before any reverse proxy (e.g.
+    "https://bot.example.org"). Required by any channel in webhook mode: Telegram is
+    told it, and Twilio's signatures cover it."""
+    max_body_bytes: int = Field(default=1_048_576, ge=1_024, le=64 * 1_048_576)
+    per_peer_per_s: float = Field(default=50.0, gt=0)
+    per_peer_burst: int = Field(default=200, ge=1)
+    trust_forwarded_for: bool = False
+    """Rate-limit by X-Forwarded-For; only behind a proxy that sets it."""
+
+    @field_validator("public_url")
+    @classmethod
+    def _public(cls, value: str) -> str:
+        if value and (
+            urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).hostname
+        ):
+            raise ValueError("must be an http(s) URL such as https://bot.example.org")
+        return value.rstrip("/")
+
+
+class IngressSettings(_Part):
+    """How fast one person may send, on any channel, before messages are dropped."""
+
+    per_sender_per_s: float = Field(default=1.0, gt=0)
+    per_sender_burst: int = Field(default=20, ge=1)
+
+
+class MediaSettings(_Part):
+    max_bytes: int = Field(default=20 * 1_048_576, ge=1_024, le=512 * 1_048_576)
+    allowed_types: tuple[str, ...] = (
+        "image/*",
+        "audio/*",
+        "video/*",
+        "text/plain",
+        "text/csv",
+        "text/markdown",
+        "application/pdf",
+        "application/json",
+        "application/zip",
+        "application/octet-stream",
+    )
+    """Media types (with * wildcards) that may be handed to an agent."""
+
+
 class ChannelsSettings(_Part):
+    webhooks: WebhookSettings = WebhookSettings()
+    ingress: IngressSettings = IngressSettings()
+    media: MediaSettings = MediaSettings()
     console: ConsoleSettings = ConsoleSettings()
     telegram: TelegramSettings = TelegramSettings()
     discord: DiscordSettings = DiscordSettings()
     slack: SlackSettings = SlackSettings()
     matrix: MatrixSettings = MatrixSettings()
     whatsapp: WhatsAppSettings = WhatsAppSettings()
+
+    @model_validator(mode="after")
+    def _public_url_for_webhooks(self) -> ChannelsSettings:
+        needs = [
+            name
+            for name, on in (
+                ("telegram", self.telegram.enabled and self.telegram.mode == "webhook"),
+                ("slack", self.slack.enabled and self.slack.mode == "http"),
+                ("whatsapp", self.whatsapp.enabled),
+            )
+            if on
+        ]
+        if needs and not self.webhooks.public_url:
+            raise ValueError(
+                f"webhooks.public_url: required for {', '.join(needs)} (the URL platforms call)"
+            )
+        return self
 
 
 def default_data_dir() -> Path:

@@ -126,13 +126,48 @@ monthly_usd = 200.0
 # daily_usd = 5.0
 # monthly_usd = 50.0
 
+[channels.webhooks]
+# One HTTP server for every platform that calls us (Telegram in webhook mode, Slack in
+# http mode, WhatsApp). Put it behind a TLS-terminating reverse proxy.
+host = "127.0.0.1"
+port = 8480
+# The scheme and host platforms call, as seen from outside the proxy. Twilio signs it.
+# public_url = "https://bot.example.org"
+max_body_bytes = 1048576
+# Requests per second (and burst) from one address before 429.
+per_peer_per_s = 50.0
+per_peer_burst = 200
+# Take the address from X-Forwarded-For: only behind a proxy that sets it.
+trust_forwarded_for = false
+
+[channels.ingress]
+# Messages per second (and burst) one person may send before the rest are dropped.
+per_sender_per_s = 1.0
+per_sender_burst = 20
+
+[channels.media]
+# Files that come with messages are handed to the agent's workspace up to this size.
+max_bytes = 20971520
+allowed_types = [
+    "image/*", "audio/*", "video/*",
+    "text/plain", "text/csv", "text/markdown",
+    "application/pdf", "application/json", "application/zip", "application/octet-stream",
+]
+
 [channels.console]
 # `stockade chat` talks to the gateway from a terminal.
 enabled = true
 
 [channels.telegram]
 enabled = false
-# token: set STOCKADE_CHANNELS__TELEGRAM__TOKEN
+# "polling" (long polling) or "webhook" (needs webhooks.public_url and secret_token)
+mode = "polling"
+webhook_path = "/telegram"
+api_base = "https://api.telegram.org"
+poll_timeout_s = 30
+# Found by asking Telegram when empty.
+bot_username = ""
+# token, secret_token: set STOCKADE_CHANNELS__TELEGRAM__<KEY>
 
 [channels.discord]
 enabled = false
@@ -142,6 +177,9 @@ enabled = false
 enabled = false
 # "socket" (Socket Mode, needs app_token) or "http" (Events API, needs signing_secret)
 mode = "socket"
+webhook_path = "/slack/events"
+api_base = "https://slack.com/api/"
+files_base = "https://files.slack.com/"
 # bot_token, app_token, signing_secret: set STOCKADE_CHANNELS__SLACK__<KEY>
 
 [channels.matrix]
@@ -154,8 +192,11 @@ enabled = false
 enabled = false
 # account_sid = "AC..."
 # from_number = "whatsapp:+14155550100"
-# The URL Twilio calls, as seen from outside any reverse proxy.
-# public_url = "https://bot.example.org/whatsapp"
+# Twilio calls webhooks.public_url + these paths; set them in the Twilio console.
+webhook_path = "/twilio/whatsapp"
+status_path = "/twilio/status"
+api_base = "https://api.twilio.com"
+media_base = "https://api.twilio.com"
 # auth_token: set STOCKADE_CHANNELS__WHATSAPP__AUTH_TOKEN
 """
 

@@ -27,6 +27,7 @@ from tests.fakes.model_server import (
     ToolCalls,
     running_model_server,
 )
+from tests.fakes.telegram import photo, running_telegram
 from tests.sandbox.canary import hits
 from tests.services import TEST_IMAGE, require
 
@@ -66,14 +67,15 @@ def environment(data_dir: Path, model_url: str) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-async def gateway(agent_image: str) -> AsyncIterator[Gateway]:
+@contextlib.asynccontextmanager
+async def started(extra_env: dict[str, str]) -> AsyncIterator[Gateway]:
+    """`stockade -v up` with the test's environment plus `extra_env`, until it is up."""
     require("redis-server", "redis-server")
     async with running_model_server() as model:
         # Short path: the private Redis socket and the agents' sockets live in here.
         with tempfile.TemporaryDirectory(prefix="stk-e2e-", dir="/tmp") as tmp:
             data_dir = Path(tmp)
-            env = environment(data_dir, model.url)
+            env = environment(data_dir, model.url) | extra_env
             # The operator's way in: keys on stdin, into the vault, before `up`.
             for name, value in (("provider", CANARY_KEY), ("unused", UNUSED_CANARY)):
                 vault = await asyncio.create_subprocess_exec(
@@ -116,6 +118,12 @@ async def gateway(agent_image: str) -> AsyncIterator[Gateway]:
                     await stop(gateway)
                 await reader
                 remove_agents(deployment)
+
+
+@pytest.fixture
+async def gateway(agent_image: str) -> AsyncIterator[Gateway]:
+    async with started({}) as running:
+        yield running
 
 
 async def stop(gateway: Gateway, within_s: float = 60) -> int:
@@ -312,3 +320,37 @@ async def test_no_vault_key_leaks_anywhere_a_turn_leaves_traces(gateway: Gateway
     # output in what the model was sent.
     assert hits(CANARY_KEY, json.dumps([r.headers for r in gateway.model.requests]))
     assert "PATH=" in traces["to the model"].decode()
+
+
+async def test_a_telegram_photo_reaches_the_agents_workspace_and_the_answer_goes_back(
+    agent_image: str,
+) -> None:
+    """The whole path from a platform: Telegram's Bot API (the wire-level fake) → the
+    channels role of `stockade up` → router → a real agent container, which gets the
+    photo in its workspace → the model → the reply as a Telegram message, with
+    "typing" shown meanwhile."""
+    async with running_telegram() as telegram:
+        picture = b"\x89PNG\r\n\x1a\n" + secrets.token_bytes(2000)
+        telegram.add_file("photo-1", picture, "photos/file_1.png", "image/png")
+        extra = {
+            "STOCKADE_CHANNELS__TELEGRAM__ENABLED": "true",
+            "STOCKADE_CHANNELS__TELEGRAM__TOKEN": telegram.token,
+            "STOCKADE_CHANNELS__TELEGRAM__API_BASE": telegram.api_base,
+            "STOCKADE_CHANNELS__TELEGRAM__POLL_TIMEOUT_S": "1",
+        }
+        async with started(extra) as gateway:
+            gateway.model.push(Text("A fine **picture**."))
+            telegram.add_update(
+                telegram.message(caption="what is this?", photo=photo("photo-1", len(picture)))
+            )
+            async with asyncio.timeout(90):
+                while not telegram.sent:
+                    await asyncio.sleep(0.1)
+            [sent] = telegram.sent
+            assert sent.text == "A fine <b>picture</b>." and sent.parse_mode == "HTML"
+            assert telegram.actions and telegram.actions[0][1] == "typing"
+            prompt = json.dumps(gateway.model.requests[0].body["messages"][-1])
+            assert "what is this?" in prompt
+            assert "[attached image: inbox/photo.jpg (image/png, 2 kB)]" in prompt
+            assert CANARY_KEY not in b"".join(gateway.log).decode(errors="replace")
+            assert telegram.token not in b"".join(gateway.log).decode(errors="replace")

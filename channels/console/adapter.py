@@ -70,10 +70,14 @@ class ConsoleChannel:
     async def send(self, outbound: Outbound) -> None:
         if not convert.is_for(outbound, self._session):
             return
-        self._stdout.write(convert.render(outbound) + "\n")
+        for part in convert.render_parts(outbound):
+            self._stdout.write(part + "\n")
         self._stdout.flush()
         self._awaiting.discard(outbound.reply_to)
         self._check_done()
+
+    async def show_typing(self, conversation_id: str, thread_id: str) -> None:
+        """A terminal shows no typing indicator."""
 
     def _check_done(self) -> None:
         if self.input_ended.is_set() and not self._awaiting:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Final
 
+from channels._shared.chunking import chunk
 from channels.base import Capabilities
 from gateway.envelope import Inbound, Outbound
 from gateway.sanitize import sanitize
@@ -33,6 +35,13 @@ def render(outbound: Outbound) -> str:
     """A reply as terminal text: every line prefixed, so it stands apart from typing."""
     body = outbound.text.replace("\r\n", "\n") or "(empty reply)"
     return "\n".join(f"« {line}" for line in body.split("\n"))
+
+
+def render_parts(outbound: Outbound) -> list[str]:
+    """A reply as terminal text in parts of at most `max_text` characters each (before
+    the prefixes): a runaway answer scrolls by in pieces, like on any other platform."""
+    parts = chunk(outbound.text, CAPABILITIES.max_text) or [""]
+    return [render(replace(outbound, text=part)) for part in parts]
 
 
 def is_for(outbound: Outbound, session: str) -> bool:

@@ -5,6 +5,9 @@ Stream names come from `keys` (also re-exported below); `Bus` does the rest.
 
 from __future__ import annotations
 
+from gateway.bus._blobs import Blobs, blob_id
+from gateway.bus._cues import TypingCue, announce_typing, typing_cues
+from gateway.bus._deliveries import Deliveries, Receipt, failed_stream
 from gateway.bus._streams import Bus, DeadLetter, Delivery, Handler, keys
 
 IN_STREAM = keys.IN_STREAM
@@ -16,12 +19,20 @@ dead_letter_stream = keys.dead
 __all__ = [
     "IN_STREAM",
     "WAKE_STREAM",
+    "Blobs",
     "Bus",
     "DeadLetter",
+    "Deliveries",
     "Delivery",
     "Handler",
+    "Receipt",
+    "TypingCue",
     "agent_stream",
+    "announce_typing",
+    "blob_id",
     "dead_letter_stream",
+    "failed_stream",
     "keys",
     "out_stream",
+    "typing_cues",
 ]

@@ -6,6 +6,10 @@ Each agent speaks HTTP/1.1 + JSON on its own socket, which is its identity:
     POST /v1/reply               {"id", "text", "final"}: sanitized, sent to the message's chat
     POST /v1/chat/completions    OpenAI-compatible: an allowed model, within budget, with the
                                  vault's key (`ModelCalls`)
+    GET  /v1/files/{id}          an attachment of a message handed to this agent and not
+                                 yet answered (404 otherwise, 410 once expired)
+
+Handing a message out also announces "typing" to its channel (Pub/Sub, best effort).
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 from typing import Final
 
+import redis.asyncio as aioredis
+
 from gateway.bus import Bus
 from gateway.mesh._calls import ModelCalls
 from gateway.mesh._server import SOCKET_NAME, Door
@@ -30,10 +32,24 @@ def socket_dir_of(socket_dir: Path, user_id: str) -> Path:
 
 
 class Mesh:
-    """The agent-facing server: `open` a user's door before their agent starts, `close` after."""
+    """The agent-facing server: `open` a user's door before their agent starts, `close` after.
 
-    def __init__(self, bus: Bus, calls: ModelCalls, mesh: MeshSettings, socket_dir: Path) -> None:
+    `redis` (the bus's client) is where attachments wait and typing cues go; a mesh
+    without it hands out messages and their file list but serves no files and
+    announces no typing.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        calls: ModelCalls,
+        mesh: MeshSettings,
+        socket_dir: Path,
+        *,
+        redis: aioredis.Redis | None = None,
+    ) -> None:
         self._bus = bus
+        self._redis = redis
         self._calls = calls
         self._settings = mesh
         self._socket_dir = socket_dir
@@ -62,7 +78,7 @@ class Mesh:
                 return directory
             self._socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             directory.mkdir(mode=0o700, exist_ok=True)
-            door = Door(user_id, path, self._bus, self._calls, self._settings)
+            door = Door(user_id, path, self._bus, self._calls, self._settings, self._redis)
             await door.start()
             self._doors[user_id] = door
         log.info("opened the door of %s", user_id)

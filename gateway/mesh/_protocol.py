@@ -155,14 +155,45 @@ def parse_wait(raw: str | None, limit_s: float) -> float:
 
 
 def next_body(message_id: str, inbound: Inbound) -> dict[str, Any]:
-    """What the agent learns about a message: its text and who sent it, nothing to route on."""
+    """What the agent learns about a message: its text, who sent it and the files with it.
+
+    Nothing to route on: an attachment's `id` is only good for `GET /v1/files/{id}`
+    while this message is open.
+    """
     return {
         "id": message_id,
         "text": inbound.text,
         "sender_name": inbound.sender_name,
         "channel": inbound.channel,
         "received_at": inbound.received_at,
+        "attachments": [
+            {
+                "id": attachment.blob,
+                "kind": attachment.kind,
+                "name": attachment.name,
+                "type": attachment.content_type,
+                "size": attachment.size,
+            }
+            for attachment in inbound.attachments
+        ],
     }
+
+
+# -- GET /v1/files/{id} ----------------------------------------------------------------
+
+_BLOB_ID: Final = re.compile(r"[0-9a-f]{64}")
+
+
+def no_such_file() -> Rejected:
+    """The one answer for every file an agent may not have: it cannot tell which case it hit."""
+    return Rejected(404, "not_found", "no open message of yours has this file")
+
+
+def parse_file_id(raw: str) -> str:
+    """A blob id as the blob store writes them (64 lowercase hex digits); 404 otherwise."""
+    if _BLOB_ID.fullmatch(raw) is None:
+        raise no_such_file()
+    return raw
 
 
 # -- POST /v1/reply --------------------------------------------------------------------

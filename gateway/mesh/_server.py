@@ -2,7 +2,8 @@
 
 The socket is the agent's identity. Every request on it acts for the one user
 the door was opened for; nothing in a request can name another user, a stream,
-a conversation or a key.
+a conversation or a key. A file is handed out only while the message it came
+with is open on this door.
 """
 
 from __future__ import annotations
@@ -18,10 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import redis.asyncio as aioredis
 from aiohttp import web
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
-from gateway.bus import Bus, Delivery, agent_stream, out_stream
+from gateway.bus import (
+    Blobs,
+    Bus,
+    Delivery,
+    TypingCue,
+    agent_stream,
+    announce_typing,
+    out_stream,
+)
 from gateway.envelope import Inbound, reply
 from gateway.errors import RedisUnavailable, StaleDelivery
 from gateway.mesh._calls import ModelCalls
@@ -31,7 +41,9 @@ from gateway.mesh._protocol import (
     Rejected,
     error_body,
     next_body,
+    no_such_file,
     parse_chat,
+    parse_file_id,
     parse_json,
     parse_reply,
     parse_wait,
@@ -54,6 +66,8 @@ _POLL_SLICE_S: Final = 1.0
 """A long poll waits on Redis in slices of this length, checking its agent is still there."""
 _SHUTDOWN_S: Final = 1.0
 """How long closing a door lets requests in flight finish (long polls are ended at once)."""
+_CUE_TIMEOUT_S: Final = 2.0
+"""A typing cue not published by then is dropped: the indicator would come too late."""
 
 log = logging.getLogger("stockade.mesh")
 
@@ -109,14 +123,27 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 class Door:
-    """The server on one agent's socket, and what it remembers about that agent's turns."""
+    """The server on one agent's socket, and what it remembers about that agent's turns.
+
+    `redis` holds the attachments' blobs and carries typing cues; without it the door
+    serves no files (503) and announces nothing.
+    """
 
     def __init__(
-        self, user_id: str, path: Path, bus: Bus, calls: ModelCalls, settings: MeshSettings
+        self,
+        user_id: str,
+        path: Path,
+        bus: Bus,
+        calls: ModelCalls,
+        settings: MeshSettings,
+        redis: aioredis.Redis | None = None,
     ) -> None:
         self.user_id = user_id
         self.path = path
         self._bus = bus
+        self._redis = redis
+        self._blobs = Blobs(redis) if redis is not None else None
+        self._cues: set[asyncio.Task[None]] = set()
         self._calls = calls
         self._settings = settings
         self._stream = agent_stream(user_id)
@@ -133,6 +160,7 @@ class Door:
         )
         app[_USER] = self.user_id
         app.router.add_get("/v1/next", self._next)
+        app.router.add_get("/v1/files/{blob}", self._file)
         app.router.add_post("/v1/reply", self._reply)
         app.router.add_post("/v1/chat/completions", self._chat)
         return app
@@ -158,7 +186,7 @@ class Door:
         runner, self._runner = self._runner, None
         # Long polls end now rather than at the shutdown timeout; what one of them had
         # just read stays pending in Redis and is reclaimed later.
-        polls = list(self._polls)
+        polls = [*self._polls, *self._cues]
         for task in polls:
             task.cancel()
         await asyncio.gather(*polls, return_exceptions=True)
@@ -246,7 +274,30 @@ class Door:
         return web.Response(status=204)
 
     def _hand_out(self, delivery: Delivery, inbound: Inbound) -> web.Response:
-        return web.json_response(next_body(self._remember(delivery, inbound), inbound))
+        message_id = self._remember(delivery, inbound)
+        self._announce(inbound)
+        return web.json_response(next_body(message_id, inbound))
+
+    def _announce(self, inbound: Inbound) -> None:
+        """Tell the message's channel the agent is on it, without making the agent wait."""
+        if self._redis is None:
+            return
+        cue = TypingCue(
+            inbound.channel, inbound.conversation_id, inbound.thread_id, inbound.event_id
+        )
+        task = asyncio.create_task(self._send_cue(self._redis, cue))
+        self._cues.add(task)
+        task.add_done_callback(self._cues.discard)
+
+    async def _send_cue(self, redis: aioredis.Redis, cue: TypingCue) -> None:
+        try:
+            async with asyncio.timeout(_CUE_TIMEOUT_S):
+                await announce_typing(redis, cue)
+        except (RedisUnavailable, RedisError, TimeoutError, OSError) as exc:
+            # A lost cue loses an indicator only; the hand-out never hears of it.
+            log.debug(
+                "no typing cue for %s on %s: %s", self.user_id, cue.channel, type(exc).__name__
+            )
 
     def _remember(self, delivery: Delivery, inbound: Inbound) -> str:
         message_id = delivery.entry_id
@@ -259,6 +310,38 @@ class Door:
         while len(self._turns) > MAX_OPEN_TURNS:
             self._turns.popitem(last=False)
         return message_id
+
+    # -- GET /v1/files/{blob} ----------------------------------------------------------
+
+    async def _file(self, request: web.Request) -> web.Response:
+        try:
+            blob = parse_file_id(request.match_info["blob"])
+        except Rejected:
+            log.warning("%s asked for a file by a malformed id", self.user_id)
+            raise
+        if not self._holds(blob):
+            log.warning(
+                "%s asked for file %s..., which no open message of theirs holds",
+                self.user_id,
+                blob[:12],
+            )
+            raise no_such_file()
+        if self._blobs is None:
+            raise Rejected(503, "unavailable", "this mesh keeps no files")
+        data = await self._blobs.get(blob)
+        if data is None:
+            log.info("file %s... of %s expired before it was fetched", blob[:12], self.user_id)
+            raise Rejected(410, "gone", "the file expired before it was fetched")
+        log.info("file %s... (%d bytes) to %s", blob[:12], len(data), self.user_id)
+        return web.Response(body=data, content_type="application/octet-stream")
+
+    def _holds(self, blob: str) -> bool:
+        """`blob` came with a message handed out to this agent and not yet finished."""
+        return any(
+            attachment.blob == blob
+            for turn in self._turns.values()
+            for attachment in turn.inbound.attachments
+        )
 
     # -- POST /v1/reply ----------------------------------------------------------------
 

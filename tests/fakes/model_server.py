@@ -19,6 +19,8 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from tests.fakes._serve import serving
+
 DEFAULT_TEXT: Final = "(the fake model has no scripted reply left)"
 
 
@@ -191,15 +193,6 @@ class FakeModelServer:
 async def running_model_server() -> AsyncIterator[FakeModelServer]:
     """A started fake on an OS-chosen port of 127.0.0.1."""
     server = FakeModelServer()
-    # A short shutdown: a test may leave slow replies in flight on purpose.
-    runner = web.AppRunner(server.app(), access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    sockets = runner.addresses
-    port = sockets[0][1]
-    server.url = f"http://127.0.0.1:{port}/v1"
-    try:
+    async with serving(server.app()) as url:
+        server.url = f"{url}/v1"
         yield server
-    finally:
-        await runner.cleanup()

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from gateway.envelope import (
     SCHEMA_VERSION,
+    Attachment,
     Inbound,
     Outbound,
     decode,
@@ -36,6 +37,18 @@ inbounds = st.builds(
     is_direct=st.booleans(),
     mentioned=st.booleans(),
     user_id=texts,
+    conversation_name=texts,
+    attachments=st.lists(
+        st.builds(
+            Attachment,
+            kind=st.sampled_from(["image", "file", "voice"]),
+            name=texts,
+            content_type=texts,
+            size=st.integers(min_value=0, max_value=2**40),
+            blob=st.text("0123456789abcdef", min_size=64, max_size=64),
+        ),
+        max_size=3,
+    ).map(tuple),
     extras=extras,
 )
 outbounds = st.builds(
@@ -137,3 +150,39 @@ def test_decoding_the_wrong_kind_is_refused() -> None:
     reply = Outbound(channel="c", conversation_id="1", text="t", outbound_id="o")
     with pytest.raises(EnvelopeError, match="inbound"):
         decode_inbound(encode(reply))
+
+
+def _inbound_fields(**extra: str) -> dict[str, str]:
+    fields = encode(
+        Inbound(
+            channel="telegram",
+            event_id="1",
+            sender_id="7",
+            conversation_id="c",
+            text="hi",
+            received_at=1.0,
+        )
+    )
+    return fields | extra
+
+
+@pytest.mark.parametrize(
+    ("attachments", "problem"),
+    [
+        ("not json", "not JSON"),
+        ('{"kind": "image"}', "list"),
+        ("[1]", "object"),
+        ('[{"kind": "exe", "name": "a", "type": "x", "size": 1, "blob": "b"}]', "kind"),
+        ('[{"kind": "file", "name": 1, "type": "x", "size": 1, "blob": "b"}]', "strings"),
+        ('[{"kind": "file", "name": "a", "type": "x", "size": -1, "blob": "b"}]', "size"),
+        ('[{"kind": "file", "name": "a", "type": "x", "size": true, "blob": "b"}]', "size"),
+    ],
+)
+def test_malformed_attachments_are_an_envelope_error(attachments: str, problem: str) -> None:
+    with pytest.raises(EnvelopeError, match=problem):
+        decode(_inbound_fields(a=attachments))
+
+
+def test_an_inbound_without_attachments_writes_no_attachment_field() -> None:
+    assert "a" not in _inbound_fields()
+    assert decode_inbound(_inbound_fields()).attachments == ()

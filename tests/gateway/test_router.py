@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import redis.asyncio as aioredis
 
@@ -99,3 +100,33 @@ async def test_an_outbound_envelope_on_the_inbound_stream_is_dead_lettered(
     assert await redis.xlen(out_stream("telegram")) == 1
     [letter] = await bus.dead_letters(IN_STREAM)
     assert "outbound" in letter.reason
+
+
+async def test_group_chatter_not_addressed_to_the_bot_is_dropped_without_an_identity(
+    redis: aioredis.Redis,
+) -> None:
+    bus = Bus(redis, SETTINGS)
+    chatter = dataclasses.replace(
+        message("lunch?", "1", sender="8"), is_direct=False, mentioned=False
+    )
+    asked = dataclasses.replace(message("@bot hello", "2"), is_direct=False, mentioned=True)
+    await bus.publish(IN_STREAM, chatter, dedupe="telegram:1")
+    await bus.publish(IN_STREAM, asked, dedupe="telegram:2")
+    await route_all(redis)
+
+    user = await Identities(redis).resolve("telegram", "7")
+    queued = [decode_inbound(f).text for _, f in await redis.xrange(agent_stream(user))]
+    assert queued == ["@bot hello"]
+    assert await Identities(redis).lookup("telegram", "8") is None
+    assert (await redis.xpending(IN_STREAM, ROUTER_GROUP))["pending"] == 0
+
+
+async def test_a_command_in_a_group_is_answered_only_when_addressed(redis: aioredis.Redis) -> None:
+    bus = Bus(redis, SETTINGS)
+    other_bots = dataclasses.replace(message("/help", "1"), is_direct=False, mentioned=False)
+    ours = dataclasses.replace(message("/help", "2"), is_direct=False, mentioned=True)
+    await bus.publish(IN_STREAM, other_bots, dedupe="telegram:1")
+    await bus.publish(IN_STREAM, ours, dedupe="telegram:2")
+    await route_all(redis)
+    replies = [decode_outbound(f) for _, f in await redis.xrange(out_stream("telegram"))]
+    assert [r.reply_to for r in replies] == ["2"]

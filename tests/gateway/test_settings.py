@@ -81,6 +81,38 @@ def test_data_dir_expands_home(tmp_path: Path) -> None:
         ("[channels.matrix]\nenabled = true\n", "channels.matrix.homeserver", "required"),
         ("[channels.whatsapp]\nenabled = true\n", "channels.whatsapp.account_sid", "required"),
         ("[channels.slack]\nmode = 'carrier-pigeon'\n", "channels.slack.mode", "socket"),
+        (
+            "[channels.telegram]\nenabled = true\ntoken = 't'\nmode = 'webhook'\n",
+            "channels.telegram.secret_token",
+            "required",
+        ),
+        (
+            "[channels.telegram]\nsecret_token = 'short'\n",
+            "channels.telegram.secret_token",
+            "16 to 256",
+        ),
+        (
+            "[channels.telegram]\napi_base = 'http://api.telegram.org'\n",
+            "channels.telegram.api_base",
+            "https",
+        ),
+        ("[channels.slack]\nwebhook_path = 'events'\n", "channels.slack.webhook_path", "path"),
+        (
+            "[channels.whatsapp]\nenabled = true\naccount_sid = 'AC1'\nauth_token = 't'\n"
+            "from_number = 'whatsapp:+1'\n",
+            "channels.webhooks.public_url",
+            "required for whatsapp",
+        ),
+        (
+            "[channels.webhooks]\npublic_url = 'bot.example.org'\n",
+            "channels.webhooks.public_url",
+            "http",
+        ),
+        (
+            "[channels.ingress]\nper_sender_per_s = 0\n",
+            "channels.ingress.per_sender_per_s",
+            "greater",
+        ),
         ("[redis\n", "-", "not valid TOML"),
         (
             "[models.default]\nfallback = 'backup'\n",

@@ -194,7 +194,15 @@ async def test_next_returns_only_the_sockets_own_users_messages(
         assert message["sender_name"] == "Alice"
         assert message["channel"] == "console"
         assert message["received_at"] == 1_700_000_002.0
-        assert set(message) == {"id", "text", "sender_name", "channel", "received_at"}
+        assert set(message) == {
+            "id",
+            "text",
+            "sender_name",
+            "channel",
+            "received_at",
+            "attachments",
+        }
+        assert message["attachments"] == []
 
         status, _ = await alice.next(wait=0.2)
         assert status == 204  # Bob's message is not Alice's, whatever she asks

@@ -1,0 +1,1 @@
+"""The Slack channel: Events API (Socket Mode or signed HTTP) in, chat.postMessage out."""

@@ -1,0 +1,1 @@
+"""The Telegram channel: Bot API long polling or webhook, through python-telegram-bot."""

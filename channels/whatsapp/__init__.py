@@ -1,0 +1,1 @@
+"""The WhatsApp channel, through Twilio's Messaging API and webhooks."""

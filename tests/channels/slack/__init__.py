@@ -1,0 +1,1 @@
+"""Tests of the Slack channel: conversion, the adapter against a wire-level fake."""

@@ -1,0 +1,1 @@
+"""Tests of the Telegram channel against its wire-level fake."""
