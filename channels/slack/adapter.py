@@ -20,7 +20,6 @@ handler only parses whole seconds).
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import re
 import time
@@ -39,7 +38,7 @@ from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from channels._shared.media import receive_files
-from channels._shared.retry import send_with_retry
+from channels._shared.outbox import send_parts
 from channels._shared.webhooks import Webhook, WebhookRequest, WebhookResponse
 from channels.base import Capabilities, ChannelContext, Publish
 from channels.slack import convert
@@ -58,6 +57,10 @@ _ANYTHING: Final = re.compile(".*")
 _LOOKUP_ERRORS: Final = (SlackClientError, aiohttp.ClientError, TimeoutError)
 
 
+LOOKUP_TIMEOUT_S: Final = 1.0
+"""Names are nice to have; Slack wants its ack within 3 s, and it comes after them."""
+
+
 class _Names:
     """Names by id, fetched on first use, bounded and expiring; failures are not kept."""
 
@@ -74,7 +77,8 @@ class _Names:
             self._cache.move_to_end(ident)
             return cached[0]
         try:
-            name = await self._fetch(ident)
+            async with asyncio.timeout(LOOKUP_TIMEOUT_S):
+                name = await self._fetch(ident)
         except _LOOKUP_ERRORS as exc:
             log.info("slack: %s lookup failed (%s); using the id", self._what, type(exc).__name__)
             return ""
@@ -287,9 +291,12 @@ class SlackChannel:
     # -- sending -----------------------------------------------------------------------
 
     async def send(self, outbound: Outbound) -> None:
-        for part in convert.render(outbound.text):
-            post = functools.partial(self._post, outbound.conversation_id, part, outbound.thread_id)
-            await send_with_retry(post)
+        async def send_part(index: int, part: str) -> None:
+            await self._post(outbound.conversation_id, part, outbound.thread_id)
+
+        await send_parts(
+            self._context.deliveries, outbound, convert.render(outbound.text), send_part
+        )
 
     async def _post(self, channel: str, text: str, thread_id: str) -> None:
         try:

@@ -31,10 +31,11 @@ from telegram.request import HTTPXRequest
 from channels._shared.chunking import TELEGRAM_LIMIT, chunk_telegram_html
 from channels._shared.markdown import to_telegram_html
 from channels._shared.media import receive_files, refusal_note
-from channels._shared.retry import send_with_retry
+from channels._shared.outbox import send_parts
 from channels._shared.webhooks import Webhook, WebhookRequest, WebhookResponse
 from channels.base import Admission, Capabilities, ChannelContext, Publish
 from channels.telegram import convert
+from channels.telegram._request import AiohttpRequest
 from gateway.envelope import Outbound
 from gateway.errors import (
     ConfigError,
@@ -112,7 +113,7 @@ class TelegramChannel:
             base_url=f"{api_base}/bot",
             base_file_url=self._file_prefix,
             request=HTTPXRequest(connection_pool_size=16),
-            get_updates_request=HTTPXRequest(connection_pool_size=1),
+            get_updates_request=AiohttpRequest(),
         )
         self._identity: convert.BotIdentity | None = None
         self._ready_lock = asyncio.Lock()
@@ -328,13 +329,16 @@ class TelegramChannel:
         await self._ready()
         quoted = self._messages.get(outbound.reply_to) if outbound.reply_to else None
         parts = chunk_telegram_html(to_telegram_html(outbound.text), TELEGRAM_LIMIT)
-        for index, part in enumerate(parts):
+
+        async def send_part(index: int, part: str) -> None:
             reply = (
                 ReplyParameters(message_id=quoted, allow_sending_without_reply=True)
                 if index == 0 and quoted is not None
                 else None
             )
-            await send_with_retry(functools.partial(self._send_part, chat, thread, part, reply))
+            await self._send_part(chat, thread, part, reply)
+
+        await send_parts(self._context.deliveries, outbound, parts, send_part)
 
     async def _send_part(
         self, chat: int, thread: int | None, part: str, reply: ReplyParameters | None

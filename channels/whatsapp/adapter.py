@@ -23,7 +23,7 @@ from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
 from channels._shared.media import receive_files
-from channels._shared.retry import send_with_retry
+from channels._shared.outbox import send_parts
 from channels._shared.webhooks import Webhook, WebhookRequest, WebhookResponse, WebhookServer
 from channels.base import Admission, Capabilities, ChannelContext, Publish
 from channels.whatsapp import convert
@@ -211,11 +211,14 @@ class WhatsAppChannel:
 
     async def send(self, outbound: Outbound) -> None:
         callback = self._webhooks.public_url(self._settings.status_path)
-        for body in convert.render(outbound.text):
-            sid = await send_with_retry(
-                functools.partial(self._create, outbound.conversation_id, body, callback)
-            )
+
+        async def send_part(index: int, body: str) -> None:
+            sid = await self._create(outbound.conversation_id, body, callback)
             await self._context.deliveries.accepted(convert.NAME, sid, outbound)
+
+        await send_parts(
+            self._context.deliveries, outbound, convert.render(outbound.text), send_part
+        )
 
     async def _create(self, to: str, body: str, callback: str) -> str:
         try:

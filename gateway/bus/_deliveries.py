@@ -1,9 +1,13 @@
-"""What became of replies after a platform took them: delivery receipts, and failures reported.
+"""What became of replies after a platform took them: parts sent, delivery receipts,
+and failures reported.
 
-Some platforms (Twilio) accept a message and only later say whether it reached the
-person. The adapter records each accepted send under the platform's id; a status
-callback updates it; a failed delivery is appended to `stockade:failed:<channel>`
-with what was lost, so an operator sees it (and nothing fails silently).
+A long reply goes out in parts; each part the platform took is recorded, so a reply
+that failed half-way and comes back from the bus goes on from where it stopped
+instead of sending its first parts again. Some platforms (Twilio) accept a message
+and only later say whether it reached the person: the adapter records each accepted
+send under the platform's id, a status callback updates it, and a failed delivery is
+appended to `stockade:failed:<channel>` with what was lost, so an operator sees it
+(and nothing fails silently).
 """
 
 from __future__ import annotations
@@ -25,6 +29,10 @@ FAILED_STATUSES: Final = frozenset(("failed", "undelivered"))
 
 def receipt_key(channel: str, platform_id: str) -> str:
     return f"{PREFIX}delivery:{channel}:{platform_id}"
+
+
+def parts_key(channel: str, outbound_id: str) -> str:
+    return f"{PREFIX}sent:{channel}:{outbound_id}"
 
 
 def failed_stream(channel: str) -> str:
@@ -65,6 +73,20 @@ class Deliveries:
                         "at": repr(time.time()),
                     },
                 )
+                pipe.expire(key, self._ttl_s)
+                await pipe.execute()
+
+    async def part_sent(self, channel: str, outbound_id: str, index: int) -> bool:
+        """Whether part `index` of the reply `outbound_id` was already taken by the platform."""
+        with _redis_errors:
+            return bool(await self._r.sismember(parts_key(channel, outbound_id), str(index)))
+
+    async def mark_part(self, channel: str, outbound_id: str, index: int) -> None:
+        """The platform took part `index`: a redelivered reply skips it."""
+        key = parts_key(channel, outbound_id)
+        with _redis_errors:
+            async with self._r.pipeline(transaction=True) as pipe:
+                pipe.sadd(key, str(index))
                 pipe.expire(key, self._ttl_s)
                 await pipe.execute()
 

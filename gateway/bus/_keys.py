@@ -8,6 +8,7 @@ stockade:dead:<stream>               dead letters of <stream>
 stockade:dedupe:<stream>:<key>       SET NX EX marker: <key> was published to <stream>
 stockade:fail:<stream>:<group>:<id>  last failure reason of a pending entry (SET EX)
 stockade:delivery:<channel>:<id>     a reply's delivery receipt on its platform (_deliveries.py)
+stockade:sent:<channel>:<outbound_id> parts of a reply the platform took (_deliveries.py)
 stockade:failed:<channel>            replies the platform reported undelivered (_deliveries.py)
 stockade:typing:<channel>            Pub/Sub: an agent is answering (_cues.py)
 stockade:blob:<sha256>               an attachment's bytes until its agent fetches them (_blobs.py)

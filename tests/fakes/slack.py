@@ -202,6 +202,8 @@ class FakeSlack:
     acks: list[Ack] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
     """Web API methods called, in order."""
+    stalled: set[str] = field(default_factory=set)
+    """Web API methods that never answer (a hung Slack)."""
     fail_lookups: bool = False
     """users.info and conversations.info answer HTTP 500."""
     on_ack: Callable[[Ack], Awaitable[None]] | None = None
@@ -323,6 +325,8 @@ class FakeSlack:
         }.get(method)
         if handler is None:
             return web.json_response({"ok": False, "error": "unknown_method"})
+        if method in self.stalled:
+            await asyncio.sleep(30)  # a Slack that does not answer; the test ends first
         return await handler(args)
 
     async def _auth_test(self, args: dict[str, Any]) -> web.Response:

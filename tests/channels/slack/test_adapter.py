@@ -123,6 +123,19 @@ async def test_a_direct_message_is_on_the_bus_before_slack_gets_the_ack(
     assert inbound.conversation_id == "D1001" and inbound.thread_id == ""
 
 
+async def test_hung_name_lookups_do_not_hold_the_ack_past_slacks_three_seconds(
+    redis: aioredis.Redis,
+) -> None:
+    async with socket_mode(redis) as (harness, bus):
+        harness.fake.stalled = {"users.info", "conversations.info"}
+        started = time.monotonic()
+        await harness.deliver(Event("anyone there?", group_title="ops"))
+        (inbound,) = await inbounds(bus, 1)
+        assert time.monotonic() - started < 3.0
+    assert inbound.text == "anyone there?"
+    assert inbound.sender_name == "1001"  # the id stands in for the name
+
+
 async def test_a_reply_to_a_channel_mention_is_posted_in_a_thread_under_it(
     redis: aioredis.Redis,
 ) -> None:
