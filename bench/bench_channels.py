@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_channels.py [--only NAME ...] [--messages N] [--burst M]
 
 For each adapter (Telegram in long-polling and in webhook mode, Slack in Socket Mode
-and in HTTP mode, WhatsApp through Twilio's webhook) the real adapter runs under
+and in HTTP mode, WhatsApp through Twilio's webhook, Discord's gateway) the real adapter runs under
 `run_channel`, as the channels role runs it, against its wire-level fake from
 `tests/fakes/` and a private redis-server (unix socket, append-only file on, as
 `stockade up` starts it). Everything runs in this one process on 127.0.0.1.
@@ -19,8 +19,8 @@ Two figures per adapter:
               similar body to a do-nothing mount of the same webhook server from a
               kept-alive client (the "loopback" line); for long polling, minus a bare
               long poll of the same fake ("poll loopback"): what the adapter, its checks
-              and the bus add to the HTTP round trip itself. Socket Mode is judged on
-              the whole path.
+              and the bus add to the HTTP round trip itself. Socket Mode and Discord's
+              gateway are judged on the whole path.
   throughput  M messages from 50 senders, delivered with up to 32 in flight: messages
               per second until the last envelope is on the bus. Target: 500 per second.
 
@@ -68,6 +68,7 @@ VARIANTS: Final = {
     "slack-socket": ("slack", False),
     "slack-http": ("slack", True),
     "whatsapp": ("whatsapp", True),
+    "discord": ("discord", False),
 }
 POLLED: Final = frozenset(("telegram-polling",))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from gateway.envelope import Inbound, Outbound
@@ -63,6 +64,9 @@ class ChannelContext:
     """The shared HTTP server for platforms that call us; None when none is configured."""
     commands: tuple[tuple[str, str], ...] = ()
     """(name, one-line description) of every chat command, for platform menus."""
+    state_dir: Path | None = None
+    """Where an adapter keeps what must outlive a restart (sync tokens, crypto keys);
+    one subdirectory per channel. None: nothing is kept."""
 
 
 class Channel(Protocol):

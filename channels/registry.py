@@ -13,6 +13,7 @@ KNOWN: Final[dict[str, str]] = {
     "telegram": "channels.telegram.adapter",
     "slack": "channels.slack.adapter",
     "whatsapp": "channels.whatsapp.adapter",
+    "discord": "channels.discord.adapter",
 }
 
 

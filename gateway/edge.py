@@ -24,7 +24,7 @@ from gateway.settings import ChannelsSettings, Settings
 
 log = logging.getLogger("stockade.channels")
 
-PLATFORMS = ("telegram", "slack", "whatsapp")
+PLATFORMS = ("telegram", "slack", "whatsapp", "discord")
 """Channels a deployment enables in settings; the console runs from `stockade chat`."""
 
 
@@ -92,6 +92,7 @@ async def run_channels(
             deliveries=Deliveries(client),
             webhooks=webhooks,
             commands=menu(commands),
+            state_dir=settings.data_dir / "channels",
         )
         channels: list[Channel] = [
             registry.build(name, getattr(settings.channels, name), context) for name in names

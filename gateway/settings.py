@@ -254,9 +254,27 @@ class TelegramSettings(_Part):
         return self
 
 
+def _gateway_url(value: str) -> str:
+    """A WebSocket address: wss, or plain ws only to this machine (a local fake)."""
+    parsed = urlsplit(value)
+    if parsed.scheme == "wss" and parsed.hostname:
+        return value
+    if parsed.scheme == "ws" and parsed.hostname in ("127.0.0.1", "localhost", "::1"):
+        return value
+    raise ValueError("must be a wss:// URL (or ws:// on 127.0.0.1 / localhost)")
+
+
+GatewayUrl = Annotated[str, AfterValidator(_gateway_url)]
+
+
 class DiscordSettings(_Part):
     enabled: bool = False
     token: SecretStr | None = None
+    api_base: ApiBase = "https://discord.com/api/v10"
+    gateway_url: GatewayUrl = "wss://gateway.discord.gg/"
+    command_guilds: tuple[int, ...] = ()
+    """Guilds to register slash commands in at once; empty registers them globally
+    (Discord may take up to an hour to show global commands)."""
 
     @model_validator(mode="after")
     def _token_when_enabled(self) -> DiscordSettings:
@@ -296,6 +314,12 @@ class MatrixSettings(_Part):
     user_id: str = ""
     access_token: SecretStr | None = None
     password: SecretStr | None = None
+    device_id: str = ""
+    """Kept across restarts so the bot stays one device (needed for encryption)."""
+    allowed_inviters: tuple[str, ...] = ()
+    """User ids whose invites the bot accepts; any other invite is declined."""
+    encryption: bool = False
+    """End-to-end encrypted rooms (matrix-nio's e2e, keys in the channels' state directory)."""
 
     @model_validator(mode="after")
     def _login_when_enabled(self) -> MatrixSettings:

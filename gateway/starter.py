@@ -171,6 +171,10 @@ bot_username = ""
 
 [channels.discord]
 enabled = false
+api_base = "https://discord.com/api/v10"
+gateway_url = "wss://gateway.discord.gg/"
+# Guild ids to register slash commands in at once; empty: globally (slower to appear).
+command_guilds = []
 # token: set STOCKADE_CHANNELS__DISCORD__TOKEN
 
 [channels.slack]
@@ -186,6 +190,11 @@ files_base = "https://files.slack.com/"
 enabled = false
 # homeserver = "https://matrix.example.org"
 # user_id = "@stockade:example.org"
+# device_id = "STOCKADE"
+# Invites from these users are accepted; any other is declined.
+allowed_inviters = []
+# End-to-end encrypted rooms; keys are kept under the data directory.
+encryption = false
 # access_token or password: set STOCKADE_CHANNELS__MATRIX__<KEY>
 
 [channels.whatsapp]

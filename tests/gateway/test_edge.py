@@ -3,15 +3,26 @@ that a process with no platform enabled runs none."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import os
+import signal
+import sys
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from channels import registry
+from gateway.bus import IN_STREAM
 from gateway.commands import default_registry
 from gateway.edge import PLATFORMS, enabled, media_policy, menu, needs_webhooks, run_channels
+from gateway.envelope import decode_inbound
 from gateway.settings import ChannelsSettings, Settings
+from tests.fakes.telegram import running_telegram
+from tests.services import RedisProcess
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def channels(**parts: dict[str, object]) -> ChannelsSettings:
@@ -86,3 +97,36 @@ def test_an_unknown_channel_is_named_in_the_error() -> None:
 
 async def test_with_no_platform_enabled_the_role_returns_at_once(redis: aioredis.Redis) -> None:
     await run_channels(redis, Settings(), default_registry(), "c1")
+
+
+async def test_the_channels_role_runs_alone_and_stops_cleanly(
+    redis: aioredis.Redis, redis_server: RedisProcess
+) -> None:
+    """`stockade run channels` as its own process: Telegram's updates reach the shared
+    Redis, and SIGTERM ends it with status 0."""
+    async with running_telegram() as telegram:
+        env = {k: v for k, v in os.environ.items() if not k.upper().startswith("STOCKADE_")}
+        env |= {
+            "PYTHONPATH": str(REPO),
+            "STOCKADE_REDIS__URL": redis_server.url,
+            "STOCKADE_CHANNELS__TELEGRAM__ENABLED": "true",
+            "STOCKADE_CHANNELS__TELEGRAM__TOKEN": telegram.token,
+            "STOCKADE_CHANNELS__TELEGRAM__API_BASE": telegram.api_base,
+            "STOCKADE_CHANNELS__TELEGRAM__POLL_TIMEOUT_S": "1",
+        }
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.cli", "run", "channels",
+            env=env, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            telegram.add_update(telegram.message("hello from a lone channels role"))
+            async with asyncio.timeout(30):
+                while not await redis.xlen(IN_STREAM):
+                    await asyncio.sleep(0.05)
+            [(_, fields)] = await redis.xrange(IN_STREAM)
+            assert decode_inbound(fields).text == "hello from a lone channels role"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, err.decode()
+        assert telegram.token not in err.decode()

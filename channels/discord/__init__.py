@@ -1,0 +1,1 @@
+"""The Discord channel: discord.py gateway in, REST out."""

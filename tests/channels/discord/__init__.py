@@ -1,0 +1,1 @@
+"""Tests of the Discord channel against its wire-level fake."""
