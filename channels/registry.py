@@ -14,6 +14,7 @@ KNOWN: Final[dict[str, str]] = {
     "slack": "channels.slack.adapter",
     "whatsapp": "channels.whatsapp.adapter",
     "discord": "channels.discord.adapter",
+    "matrix": "channels.matrix.adapter",
 }
 
 

@@ -24,7 +24,7 @@ from gateway.settings import ChannelsSettings, Settings
 
 log = logging.getLogger("stockade.channels")
 
-PLATFORMS = ("telegram", "slack", "whatsapp", "discord")
+PLATFORMS = ("telegram", "slack", "whatsapp", "discord", "matrix")
 """Channels a deployment enables in settings; the console runs from `stockade chat`."""
 
 

@@ -36,6 +36,12 @@ ensure_venv() {
     fi
 }
 
+ensure_synapse() {
+    # A real Synapse for the Matrix channel's tests, in its own virtualenv (its pins
+    # would clash with ours); idempotent and quick once installed.
+    "$ROOT/scripts/synapse-venv"
+}
+
 ensure_redis() {
     command -v redis-server >/dev/null || apt_install redis-server
     # Debian's package may start a system-wide server; Stockade and its tests run their own.

@@ -28,7 +28,7 @@ from gateway.sanitize import sanitize
 from gateway.settings import BusSettings
 from tests.channels.contract import Event, Harness
 
-NAMES: Final = ("console", "telegram", "slack", "whatsapp", "discord")
+NAMES: Final = ("console", "telegram", "slack", "whatsapp", "discord", "matrix")
 SETTINGS: Final = BusSettings(claim_idle_ms=500, block_ms=50)
 HOSTILE: Final = "\u202e\u200b\U000e0041\x1b\x07\ufeff\U000e0101\u2066"
 """A bidi override and isolate, a zero-width space, a tag character, the terminal's

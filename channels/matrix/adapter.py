@@ -1,0 +1,322 @@
+"""Matrix through matrix-nio's `AsyncClient`, with our own sync loop.
+
+The sync token is written to the state directory only after every message of a
+sync response was published, so a crash replays a little (dropped as duplicates on
+the bus by event id) and never skips. On the very first start, with no token, the
+rooms' history is not replayed: that sync only learns the state. Every start syncs
+with `full_state`, since nio keeps no room state (names, members) across restarts.
+The access token is never logged nor put in an error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Final
+
+import aiohttp
+from nio import (
+    AsyncClient,
+    AsyncClientConfig,
+    ErrorResponse,
+    InviteMemberEvent,
+    LoginResponse,
+    MegolmEvent,
+    RoomSendResponse,
+    SyncResponse,
+    WhoamiResponse,
+)
+from nio.exceptions import GroupEncryptionError, ProtocolError
+
+from channels._shared.media import receive_files
+from channels._shared.outbox import send_parts
+from channels.base import Capabilities, ChannelContext, Publish
+from channels.matrix import convert
+from gateway.envelope import Outbound
+from gateway.errors import ConfigError, PlatformError, PlatformUnavailable, StockadeError
+from gateway.settings import MatrixSettings
+
+SYNC_TIMEOUT_MS: Final = 30_000
+REQUEST_TIMEOUT_S: Final = 60.0
+TYPING_MS: Final = 10_000
+BACKOFF_MIN_S: Final = 0.5
+BACKOFF_MAX_S: Final = 30.0
+OWN_EVENTS: Final = 10_000
+"""Event ids of our own messages remembered, so a reply to one counts as a mention."""
+TOKEN_FILE: Final = "sync_token"
+DEVICE_FILE: Final = "device_id"
+
+log = logging.getLogger("stockade.channels.matrix")
+
+_NIO_LOGGER: Final = "nio"
+"""matrix-nio's loggers: at DEBUG they write whole responses, the login's access token
+and people's messages among them. They never log below INFO here, whatever -v says."""
+
+
+def _error(response: object, what: str) -> PlatformError:
+    status = getattr(response, "status_code", None) or ""
+    transport = getattr(response, "transport_response", None)
+    http = getattr(transport, "status", None)
+    return convert.send_error(
+        str(status or http or "error"),
+        f"{what}: {getattr(response, 'message', '')}",
+        getattr(response, "retry_after_ms", None),
+        http if isinstance(http, int) else None,
+    )
+
+
+def _member(event: Any) -> dict[str, object]:
+    """An invite's stripped state event as JSON; nio takes `content` out of `source`."""
+    if not isinstance(event, InviteMemberEvent):
+        return {}
+    return {
+        "type": "m.room.member",
+        "sender": event.sender,
+        "state_key": event.state_key,
+        "content": {"membership": event.membership},
+    }
+
+
+def _write(path: Path, value: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(value)
+    tmp.replace(path)
+
+
+class MatrixChannel:
+    def __init__(self, settings: MatrixSettings, context: ChannelContext) -> None:
+        nio_log = logging.getLogger(_NIO_LOGGER)
+        nio_log.setLevel(max(logging.INFO, nio_log.level))
+        self._settings = settings
+        self._context = context
+        self._homeserver = settings.homeserver.rstrip("/")
+        self._dir = context.state_dir / "matrix" if context.state_dir is not None else None
+        self._client: Any = None
+        self._bot = convert.Bot(settings.user_id)
+        self._lock = asyncio.Lock()
+        self._own: OrderedDict[str, None] = OrderedDict()
+
+    @property
+    def name(self) -> str:
+        return convert.NAME
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return convert.CAPABILITIES
+
+    async def _call(self, what: str, call: Any) -> Any:
+        """A nio request; its error answer or a lost connection as our error."""
+        try:
+            response = await call
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise PlatformUnavailable(f"matrix: {what}: {type(exc).__name__}") from None
+        except (ProtocolError, GroupEncryptionError) as exc:
+            # nio's own refusals (unknown room, no keys yet): messages hold ids, no secret
+            raise PlatformError(f"matrix: {what}: {type(exc).__name__}: {exc}") from None
+        if isinstance(response, ErrorResponse):
+            raise _error(response, what)
+        return response
+
+    async def _ready(self) -> Any:
+        async with self._lock:
+            if self._client is None:
+                self._client = await self._login()
+            return self._client
+
+    async def _login(self) -> Any:
+        settings = self._settings
+        device_id = settings.device_id
+        if self._dir is not None:
+            self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            saved = self._dir / DEVICE_FILE
+            if not device_id and saved.exists():
+                device_id = saved.read_text().strip()
+        config = AsyncClientConfig(
+            encryption_enabled=settings.encryption,
+            store_sync_tokens=False,  # our own file, written after publishing
+            max_limit_exceeded=0,  # rate limits reach send_with_retry, which honours them
+            max_timeouts=0,
+            request_timeout=REQUEST_TIMEOUT_S,
+        )
+        client = AsyncClient(
+            self._homeserver,
+            settings.user_id,
+            device_id=device_id or None,
+            store_path=str(self._dir) if self._dir is not None else "",
+            config=config,
+        )
+        try:
+            if settings.access_token is not None:
+                client.access_token = settings.access_token.get_secret_value()
+                if not device_id:
+                    whoami = await self._call("whoami", client.whoami())
+                    device_id = whoami.device_id if isinstance(whoami, WhoamiResponse) else ""
+                client.restore_login(settings.user_id, device_id, client.access_token)
+            else:
+                assert settings.password is not None  # the settings validator saw to it
+                login = await self._call(
+                    "login", client.login(settings.password.get_secret_value(), "stockade")
+                )
+                device_id = login.device_id if isinstance(login, LoginResponse) else device_id
+            if self._dir is not None and device_id:
+                _write(self._dir / DEVICE_FILE, device_id)
+            profile = await client.get_displayname(settings.user_id)
+            self._bot = convert.Bot(settings.user_id, getattr(profile, "displayname", "") or "")
+        except BaseException:
+            await client.close()
+            raise
+        return client
+
+    async def aclose(self) -> None:
+        async with self._lock:
+            if self._client is not None:
+                await self._client.close()
+                self._client = None
+
+    def _token_path(self) -> Path | None:
+        return self._dir / TOKEN_FILE if self._dir is not None else None
+
+    async def receive(self, publish: Publish) -> None:
+        backoff = BACKOFF_MIN_S
+        try:
+            async with aiohttp.ClientSession() as session:
+                while True:
+                    try:
+                        client = await self._ready()
+                        await self._sync_loop(client, session, publish)
+                    except StockadeError as exc:
+                        log.warning("matrix: sync failed (%s); retrying", exc)
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, BACKOFF_MAX_S)
+        finally:
+            await self.aclose()
+
+    async def _sync_loop(
+        self, client: Any, session: aiohttp.ClientSession, publish: Publish
+    ) -> None:
+        path = self._token_path()
+        token = path.read_text().strip() if path is not None and path.exists() else None
+        first = True
+        while True:
+            response = await self._call(
+                "sync",
+                client.sync(
+                    timeout=0 if first else SYNC_TIMEOUT_MS,
+                    since=token,
+                    full_state=True if first else None,
+                ),
+            )
+            if not isinstance(response, SyncResponse):
+                raise PlatformError("matrix: sync answered something else")
+            for room_id, info in response.rooms.invite.items():
+                await self._invite(client, room_id, [_member(e) for e in info.invite_state])
+            if token is not None:  # with no token yet, the timeline is history: skipped
+                for room_id, info in response.rooms.join.items():
+                    for event in info.timeline.events:
+                        await self._event(client, session, publish, room_id, event)
+            await self._crypto_chores(client)
+            token, first = response.next_batch, False
+            if path is not None:
+                _write(path, token)
+
+    async def _crypto_chores(self, client: Any) -> None:
+        """What `sync_forever` does between syncs for end-to-end encryption."""
+        if not self._settings.encryption:
+            return
+        await self._call("to-device", client.send_to_device_messages())
+        if client.should_upload_keys:
+            await self._call("keys upload", client.keys_upload())
+        if client.should_query_keys:
+            await self._call("keys query", client.keys_query())
+        if client.should_claim_keys:
+            users = client.get_users_for_key_claiming()
+            await self._call("keys claim", client.keys_claim(users))
+
+    async def _invite(self, client: Any, room_id: str, state: list[dict[str, object]]) -> None:
+        sender = convert.inviter(state, self._settings.user_id)
+        if convert.invite_allowed(sender, self._settings.allowed_inviters):
+            await self._call("join", client.join(room_id))
+            log.info("matrix: joined %s on the invite of %s", room_id, sender)
+        else:
+            await self._call("leave", client.room_leave(room_id))
+            log.warning("matrix: declined an invite to %s from %r", room_id, sender)
+
+    async def _event(
+        self,
+        client: Any,
+        session: aiohttp.ClientSession,
+        publish: Publish,
+        room_id: str,
+        event: Any,
+    ) -> None:
+        if isinstance(event, MegolmEvent):
+            log.warning("matrix: an event in %s could not be decrypted", room_id)
+            return
+        message = convert.parse_message(event.source)
+        if message is None or message.sender == self._settings.user_id:
+            return
+        room = client.rooms.get(room_id)
+        name = room.named_room_name() or "" if room is not None else ""
+        joined = room.joined_count if room is not None else 0
+        sender_name = (room.user_name(message.sender) if room is not None else None) or ""
+        attachments: tuple[Any, ...] = ()
+        notes: list[str] = []
+        ref = convert.file_ref(message, self._homeserver)
+        if ref is not None:
+            attachments, notes = await receive_files(
+                session,
+                [ref],
+                self._context.media,
+                self._context.blobs,
+                allowed_prefixes=(convert.media_prefix(self._homeserver),),
+                headers={"Authorization": f"Bearer {client.access_token}"},
+            )
+        inbound = convert.to_inbound(
+            message,
+            convert.Room(room_id, name, joined),
+            sender_name=sender_name,
+            mentioned=convert.is_mentioned(message, self._bot, self._own),
+            received_at=time.time(),
+            attachments=attachments,
+            notes=notes,
+        )
+        await publish(inbound)
+
+    async def send(self, outbound: Outbound) -> None:
+        client = await self._ready()
+        contents = convert.message_contents(outbound.text, outbound.reply_to, outbound.thread_id)
+
+        async def send_part(index: int, content: dict[str, object]) -> None:
+            response = await self._call(
+                "send",
+                client.room_send(
+                    outbound.conversation_id,
+                    "m.room.message",
+                    content,
+                    tx_id=convert.transaction_id(outbound.outbound_id, index),
+                    ignore_unverified_devices=True,
+                ),
+            )
+            if isinstance(response, RoomSendResponse):
+                self._own[response.event_id] = None
+                while len(self._own) > OWN_EVENTS:
+                    self._own.popitem(last=False)
+
+        await send_parts(self._context.deliveries, outbound, contents, send_part)
+
+    async def show_typing(self, conversation_id: str, thread_id: str) -> None:
+        client = await self._ready()
+        await self._call("typing", client.room_typing(conversation_id, True, timeout=TYPING_MS))
+
+
+def build(settings: MatrixSettings, context: ChannelContext) -> MatrixChannel:
+    if not settings.homeserver or not settings.user_id:
+        raise ConfigError("matrix", "homeserver", "homeserver and user_id are required")
+    if settings.access_token is None and settings.password is None:
+        raise ConfigError("matrix", "access_token", "required (or password)")
+    if settings.encryption and context.state_dir is None:
+        raise ConfigError("matrix", "encryption", "needs a state directory for the keys")
+    return MatrixChannel(settings, context)

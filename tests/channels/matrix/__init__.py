@@ -1,0 +1,1 @@
+"""Tests of the Matrix channel against a real Synapse."""
