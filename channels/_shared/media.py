@@ -63,6 +63,17 @@ def media_type(content_type: str) -> str:
     return content_type.split(";", 1)[0].strip().lower()
 
 
+def kind_of(content_type: str) -> str:
+    """The attachment kind for a media type: audio is kept as a voice note, as the
+    platforms send voice messages (audio/ogg and the like)."""
+    bare = media_type(content_type)
+    if bare.startswith("image/"):
+        return "image"
+    if bare.startswith("audio/"):
+        return "voice"
+    return "file"
+
+
 def type_allowed(content_type: str, policy: MediaPolicy) -> bool:
     bare = media_type(content_type)
     return bool(bare) and any(

@@ -23,7 +23,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from channels._shared.chunking import DISCORD_LIMIT, chunk
-from channels._shared.media import FileRef, with_notes
+from channels._shared.media import FileRef, kind_of, with_notes
 from channels.base import Capabilities
 from gateway.envelope import Attachment, Inbound
 from gateway.errors import PlatformError, PlatformUnavailable, RateLimited
@@ -256,18 +256,10 @@ def readable(content: str, mentions: Sequence[DiscordUser], bot_id: str) -> str:
     return _MENTION.sub(name, content).strip()
 
 
-def _kind(content_type: str) -> str:
-    if content_type.startswith("image/"):
-        return "image"
-    if content_type.startswith("audio/"):
-        return "voice"
-    return "file"
-
-
 def file_refs(message: DiscordMessage) -> list[FileRef]:
     return [
         FileRef(
-            kind=_kind(a.content_type),
+            kind=kind_of(a.content_type),
             name=a.filename,
             content_type=a.content_type,
             url=a.url,

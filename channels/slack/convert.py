@@ -21,7 +21,7 @@ from typing import Final
 
 from channels._shared.chunking import chunk
 from channels._shared.markdown import to_slack_mrkdwn
-from channels._shared.media import FileRef, with_notes
+from channels._shared.media import FileRef, kind_of, with_notes
 from channels.base import Capabilities
 from gateway.envelope import Attachment, Inbound
 from gateway.errors import PlatformError, PlatformUnavailable, RateLimited
@@ -224,19 +224,11 @@ def readable(text: str, names: Mapping[str, str], bot_user_id: str = "") -> str:
     return "".join(pieces).strip()
 
 
-def _kind(mimetype: str) -> str:
-    if mimetype.startswith("image/"):
-        return "image"
-    if mimetype.startswith("audio/"):
-        return "voice"
-    return "file"
-
-
 def file_refs(message: SlackMessage) -> list[FileRef]:
     """The message's files, to fetch (with the bot token) before publishing."""
     return [
         FileRef(
-            kind=_kind(f.mimetype),
+            kind=kind_of(f.mimetype),
             name=f.name,
             content_type=f.mimetype,
             url=f.url,

@@ -25,7 +25,7 @@ from twilio.request_validator import RequestValidator, get_signature_algorithm
 
 from channels._shared.chunking import TWILIO_LIMIT, chunk, utf16_len
 from channels._shared.markdown import to_plain
-from channels._shared.media import FileRef, media_type, safe_name, with_notes
+from channels._shared.media import FileRef, kind_of, media_type, safe_name, with_notes
 from channels.base import Capabilities
 from gateway.envelope import Attachment, Inbound
 from gateway.errors import PlatformError, PlatformUnavailable, RateLimited
@@ -213,15 +213,6 @@ def sender_id(from_address: str) -> str:
     return match[1]
 
 
-def media_kind(content_type: str) -> str:
-    bare = media_type(content_type)
-    if bare.startswith("audio/"):
-        return "voice"  # WhatsApp voice notes arrive as audio/ogg (opus)
-    if bare.startswith("image/"):
-        return "image"
-    return "file"
-
-
 def extension(content_type: str) -> tuple[str, ...]:
     bare = media_type(content_type)
     known = _EXTENSIONS.get(bare)
@@ -236,7 +227,7 @@ def media_name(url: str, content_type: str, index: int) -> str:
 
     Twilio names media by id (ME…), which carries no extension.
     """
-    fallback = f"{media_kind(content_type)}-{index}"
+    fallback = f"{kind_of(content_type)}-{index}"
     name = safe_name(unquote(urlsplit(url).path.rsplit("/", 1)[-1]), "") or fallback
     extensions = extension(content_type)
     if extensions and not name.lower().endswith(extensions):
@@ -247,7 +238,7 @@ def media_name(url: str, content_type: str, index: int) -> str:
 def file_refs(message: Message) -> list[FileRef]:
     return [
         FileRef(
-            kind=media_kind(item.content_type),
+            kind=kind_of(item.content_type),
             name=media_name(item.url, item.content_type, index),
             content_type=item.content_type,
             url=item.url,

@@ -14,6 +14,7 @@ from channels._shared.media import (
     FileRef,
     MediaPolicy,
     credentials_for,
+    kind_of,
     media_type,
     receive_files,
     safe_name,
@@ -204,3 +205,17 @@ def test_media_types_match_with_wildcards_and_without_parameters() -> None:
 def test_notes_follow_the_text() -> None:
     assert with_notes("hi", ["[a]", "[b]"]) == "hi\n[a]\n[b]"
     assert with_notes("", ["[a]"]) == "[a]"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "kind"),
+    [
+        ("image/png", "image"),
+        ("Image/JPEG; x=1", "image"),
+        ("audio/ogg; codecs=opus", "voice"),
+        ("application/pdf", "file"),
+        ("", "file"),
+    ],
+)
+def test_an_attachment_kind_follows_its_media_type(content_type: str, kind: str) -> None:
+    assert kind_of(content_type) == kind
