@@ -19,11 +19,12 @@ serves one Discord API (the real one, or one fake in tests).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 import aiohttp
@@ -37,7 +38,7 @@ from channels._shared.outbox import send_parts
 from channels.base import Capabilities, ChannelContext, Publish
 from channels.discord import convert
 from gateway.envelope import Attachment, Outbound
-from gateway.errors import ConfigError, PlatformError, PlatformUnavailable
+from gateway.errors import ConfigError, PlatformError, PlatformUnavailable, RedisUnavailable
 from gateway.settings import DiscordSettings
 
 log = logging.getLogger("stockade.channels.discord")
@@ -49,6 +50,22 @@ INTERACTION_TTL_S: Final = 14 * 60.0
 CHANNELS_KEPT: Final = 2_048
 REQUEST_TIMEOUT_S: Final = 30.0
 _NET_ERRORS: Final = (aiohttp.ClientError, TimeoutError)
+REDIS_BACKOFF_MAX_S: Final = 5.0
+
+
+async def _while_redis_is_away(step: Callable[[], Awaitable[object]]) -> None:
+    """Run `step` until Redis takes what it publishes. The gateway never sends an event
+    again (a RESUME replays only what the connection missed), so an event dropped here
+    would be lost; events wait in order meanwhile."""
+    backoff = 0.1
+    while True:
+        try:
+            await step()
+            return
+        except RedisUnavailable:
+            log.warning("discord: Redis is unavailable; holding an event until it answers")
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, REDIS_BACKOFF_MAX_S)
 
 
 class DiscordChannel:
@@ -120,7 +137,7 @@ class DiscordChannel:
         try:
             if event == "MESSAGE_CREATE":
                 async with self._in_order:
-                    await self._on_message(data)
+                    await _while_redis_is_away(functools.partial(self._on_message, data))
             elif event == "INTERACTION_CREATE":
                 await self._on_interaction(data)
         except Exception as exc:  # a task boundary: one bad event must not stop the rest
@@ -167,8 +184,8 @@ class DiscordChannel:
         async with self._in_order:
             channel = await self._channel(interaction.channel_id) if interaction.guild_id else None
             inbound = convert.command_inbound(interaction, channel=channel, now=time.time())
-            admission = await publish(inbound)
-        log.debug("discord: interaction %s %s", inbound.event_id, admission.value)
+            await _while_redis_is_away(functools.partial(publish, inbound))
+        log.debug("discord: interaction %s published", inbound.event_id)
 
     async def _channel(self, channel_id: str) -> convert.ChannelInfo | None:
         cached = self._channels.get(channel_id)

@@ -218,7 +218,9 @@ class TelegramChannel:
                     update = convert.parse_update(data)
                 except convert.WireError as exc:
                     log.warning("telegram: skipped an update that is not one (%s)", exc)
-                    offset = max(offset or 0, int(data.get("update_id", 0)) + 1)
+                    update_id = data.get("update_id")
+                    if isinstance(update_id, int) and not isinstance(update_id, bool):
+                        offset = max(offset or 0, update_id + 1)
                     continue
                 try:
                     await admit(update)

@@ -4,9 +4,12 @@ bus, `run_channel`."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import redis.asyncio as aioredis
 
@@ -20,6 +23,7 @@ from gateway.envelope import Inbound, decode_inbound, reply
 from gateway.settings import BusSettings
 from tests.channels.discord.harness import GUILD_ID, settings_for
 from tests.fakes.discord import BOT_USER, FakeDiscord, running_fake_discord, user
+from tests.services import RedisProcess
 
 ADA = user("1001", "ada", global_name="Ada Lovelace")
 DM = "720000000000000001"
@@ -201,3 +205,31 @@ async def test_a_429_is_waited_out_as_discord_asks(redis: aioredis.Redis) -> Non
     assert time.monotonic() - started >= 0.5
     assert [s.content for s in fake.sent] == ["after a wait"]
     assert len(fake.send_attempts) == 2
+
+
+async def test_a_message_that_comes_while_redis_is_down_is_published_once_it_is_back() -> None:
+    """The gateway never sends an event again, so the adapter holds it for Redis."""
+    server = RedisProcess(Path(tempfile.mkdtemp(prefix="stk-dr-", dir="/tmp")))
+    server.start()
+    client = aioredis.Redis.from_url(server.url)
+    try:
+        async with running_fake_discord() as fake:
+            channel = build(settings_for(fake, ()), make_context(client))
+            task = asyncio.create_task(
+                run_channel(channel, Bus(client, BusSettings(block_ms=50)), "discord-test")
+            )
+            try:
+                await fake.wait_ready()
+                server.stop()
+                message_id = await fake.message_create("while away", author=ADA, channel_id=DM)
+                await asyncio.sleep(0.5)  # the adapter tries, and waits for Redis
+                server.start()
+                [inbound] = await entries(client, 1)
+                assert (inbound.event_id, inbound.text) == (message_id, "while away")
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await client.aclose()
+        server.stop()
+        shutil.rmtree(server.data_dir, ignore_errors=True)
