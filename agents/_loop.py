@@ -4,7 +4,9 @@ One message at a time: long-poll the mesh for the user's next message, copy the
 files that came with it into `inbox/` of the workspace, run the model with the
 tools for a bounded number of steps, post the final reply. A model call the mesh
 refuses becomes a sentence to the user, a file that cannot be fetched becomes a
-line in the prompt, and a failure in one turn never stops the loop.
+line in the prompt, and a failure in one turn never stops the loop. A turn the
+operator stopped ends at its next model call (the mesh refuses it as "stopped")
+and its reply is dropped by the mesh; the loop goes on with the next message.
 """
 
 from __future__ import annotations
@@ -76,6 +78,11 @@ def refusal_text(exc: MeshRefused) -> str:
     if exc.kind == "budget_exceeded":
         # The gateway wrote this one for the user: which budget, and when it resets.
         return exc.message
+    if exc.kind == "stopped":
+        # The turn was stopped: the mesh answered it already and drops this reply.
+        return "Stopped."
+    if exc.kind == "paused":
+        return "The operator has paused this assistant."
     if exc.status >= 500:
         return f"I can't reach the model right now: {exc.message}. Please try again later."
     return f"I can't use the model for this: {exc.message}."

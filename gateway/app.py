@@ -10,7 +10,7 @@ import os
 import secrets
 import signal
 import socket
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Final
 
 import redis.asyncio as aioredis
@@ -18,12 +18,23 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import embedded_redis
+from gateway.audit import AuditLog
 from gateway.bus import Bus, out_stream
-from gateway.commands import Registry, default_registry
-from gateway.edge import run_channels
+from gateway.commands import (
+    Fleet,
+    Registry,
+    fleet_registry,
+    render_pairings,
+    settle_pairing,
+    target,
+)
+from gateway.edge import enabled, run_channels
+from gateway.envelope import Outbound
 from gateway.errors import CommandError, DependencyError, RedisUnavailable
+from gateway.heartbeat import beat_forever
 from gateway.mesh import Mesh, ModelCalls
-from gateway.policy import BudgetGate, Identities, Ledger
+from gateway.policy import AccessStore, BudgetGate, Identities, Ledger
+from gateway.policy.access import normal_code
 from gateway.policy.budget import render_overview, render_usage
 from gateway.roles import ROLES
 from gateway.router import Router
@@ -113,14 +124,39 @@ def budget_reader(client: aioredis.Redis, settings: Settings) -> BudgetGate:
     return BudgetGate(client, settings.budget, Ledger(settings.ledger_dir()))
 
 
-def _commands(client: aioredis.Redis, settings: Settings) -> Registry:
-    usage_of = budget_reader(client, settings).usage
-    return default_registry(settings.router.command_prefix, usage_of)
+def fleet(client: aioredis.Redis, settings: Settings) -> Fleet:
+    """What the commands act on, in this deployment's Redis."""
+    return Fleet(
+        client=client,
+        access=AccessStore(client, settings.access),
+        identities=Identities(client),
+        budget=budget_reader(client, settings),
+        audit=AuditLog(client),
+        mesh=settings.mesh,
+        channels=("console", *enabled(settings.channels)),
+    )
 
 
-def _router(client: aioredis.Redis, settings: Settings) -> Router:
+def commands(client: aioredis.Redis, settings: Settings) -> Registry:
+    """Every chat command, wired to this deployment."""
     bus = Bus(client, settings.bus)
-    return Router(bus, Identities(client), _commands(client, settings))
+
+    async def send(outbound: Outbound) -> None:
+        await bus.publish(out_stream(outbound.channel), outbound, dedupe=outbound.outbound_id)
+
+    return fleet_registry(settings.router.command_prefix, fleet(client, settings), send)
+
+
+def router(client: aioredis.Redis, settings: Settings) -> Router:
+    bus = Bus(client, settings.bus)
+    return Router(
+        bus,
+        Identities(client),
+        commands(client, settings),
+        AccessStore(client, settings.access),
+        settings.access,
+        AuditLog(client),
+    )
 
 
 def _image_progress(line: str) -> None:
@@ -214,6 +250,27 @@ async def serve(main: Coroutine[Any, Any, None]) -> None:
             loop.remove_signal_handler(signum)
 
 
+def _channels_of(
+    client: aioredis.Redis, settings: Settings
+) -> Callable[[str], Coroutine[Any, Any, None]]:
+    async def run(consumer: str) -> None:
+        await run_channels(client, settings, commands(client, settings), consumer)
+
+    return run
+
+
+async def beating(
+    client: aioredis.Redis, role: str, consumer: str, work: Coroutine[Any, Any, None]
+) -> None:
+    """Run `work` and beat for `role` while it runs (so /status sees it up)."""
+    beat = asyncio.create_task(beat_forever(client, role, consumer), name=f"{role} heartbeat")
+    try:
+        await work
+    finally:
+        beat.cancel()
+        await asyncio.gather(beat, return_exceptions=True)
+
+
 async def up(settings: Settings) -> None:
     """Every role in this process, on the private Redis unless one is configured."""
     try:
@@ -222,15 +279,13 @@ async def up(settings: Settings) -> None:
             _agents(client, settings) as supervisor,
             asyncio.TaskGroup() as roles,
         ):
-            router = _router(client, settings)
-            roles.create_task(router.run(consumer_name("router")), name="router")
-            roles.create_task(supervisor.run(consumer_name("agents")), name="agents")
-            roles.create_task(
-                run_channels(
-                    client, settings, _commands(client, settings), consumer_name("channels")
-                ),
-                name="channels",
-            )
+            for role, work in (
+                ("router", router(client, settings).run),
+                ("agents", supervisor.run),
+                ("channels", _channels_of(client, settings)),
+            ):
+                consumer = consumer_name(role)
+                roles.create_task(beating(client, role, consumer, work(consumer)), name=role)
             log.info("Stockade is up; talk to it with `stockade chat`")
     finally:
         log.info("Stockade stopped")
@@ -240,16 +295,15 @@ async def run_role(settings: Settings, role: str) -> None:
     """One role alone, against a Redis that is already running."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
+    consumer = consumer_name(role)
     async with redis_client(settings, start_embedded=False) as client:
         if role == "router":
-            await _router(client, settings).run(consumer_name(role))
-            return
-        if role == "channels":
-            commands = _commands(client, settings)
-            await run_channels(client, settings, commands, consumer_name(role))
-            return
-        async with _agents(client, settings) as supervisor:
-            await supervisor.run(consumer_name(role))
+            await beating(client, role, consumer, router(client, settings).run(consumer))
+        elif role == "channels":
+            await beating(client, role, consumer, _channels_of(client, settings)(consumer))
+        else:
+            async with _agents(client, settings) as supervisor:
+                await beating(client, role, consumer, supervisor.run(consumer))
 
 
 _AFTER_INPUT_S: Final = 30.0
@@ -273,6 +327,52 @@ async def usage(settings: Settings, who: str | None) -> str:
                 raise CommandError(f"nobody is known as {who!r}", "usage [USER]")
             user_id = found
         return render_usage(await gate.usage(user_id), heading=f"Spending of {user_id}:")
+
+
+def _cli_actor() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+async def pair(settings: Settings, action: str, code: str | None) -> str:
+    """`stockade pair list|approve|deny [CODE]` against a running Stockade."""
+    async with redis_client(settings, start_embedded=False) as client:
+        operators = fleet(client, settings)
+        if action == "list":
+            return render_pairings(await operators.access.pairings(), operators.clock())
+        normal = normal_code(code or "")
+        if normal is None:
+            raise CommandError(f"{(code or '')[:20]!r} is not a pairing code", "pair approve CODE")
+        bus = Bus(client, settings.bus)
+
+        async def send(outbound: Outbound) -> None:
+            await bus.publish(out_stream(outbound.channel), outbound, dedupe=outbound.outbound_id)
+
+        return await settle_pairing(
+            operators,
+            normal,
+            approve=action == "approve",
+            actor=_cli_actor(),
+            detail="from the command line",
+            send=send,
+        )
+
+
+async def link(settings: Settings, identity: str, user: str) -> str:
+    """`stockade link CHANNEL:ID USER`: one person's identities share one internal id."""
+    usage = "link CHANNEL:PLATFORM-ID USER"
+    async with redis_client(settings, start_embedded=False) as client:
+        operators = fleet(client, settings)
+        channel, sep, platform_user = identity.partition(":")
+        if not sep or not channel or not platform_user:
+            raise CommandError(f"{identity[:40]!r} is not CHANNEL:PLATFORM-ID", usage)
+        user_id = await target(operators, user, usage)
+        before = await operators.identities.link(channel, platform_user, user_id)
+        await operators.audit.append(
+            _cli_actor(), "link", user_id, f"{identity} (was {before or 'new'})"
+        )
+        if before is not None and before != user_id:
+            return f"{identity} is now {user_id} (it was {before}, whose workspace stays with it)."
+        return f"{identity} is {user_id}."
 
 
 async def chat(settings: Settings, user: str | None = None) -> None:

@@ -64,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     image_commands.add_parser("build", help="build the agent image if it is missing (idempotent)")
 
     _add_vault_commands(commands)
+    _add_audit_commands(commands)
+    _add_access_commands(commands)
     return parser
 
 
@@ -84,6 +86,36 @@ def _add_vault_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     remove = actions.add_parser("rm", help="delete a secret")
     remove.add_argument("name", metavar="NAME")
     actions.add_parser("list", help="names, dates and ages of the secrets, never their values")
+
+
+def _add_access_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    pair = commands.add_parser("pair", help="pairing requests of unknown senders")
+    pair_actions = pair.add_subparsers(dest="pair_command", metavar="ACTION", required=True)
+    pair_actions.add_parser("list", help="the requests waiting for approval")
+    for action in ("approve", "deny"):
+        chosen = pair_actions.add_parser(action, help=f"{action} the request with this code")
+        chosen.add_argument("code", metavar="CODE")
+    link = commands.add_parser(
+        "link", help="make a platform identity one more name of an existing user"
+    )
+    link.add_argument("identity", metavar="CHANNEL:PLATFORM-ID")
+    link.add_argument("user", metavar="USER", help='an internal id or "channel:platform-id"')
+
+
+def _add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    audit = commands.add_parser("audit", help="the tamper-evident log of admin actions")
+    actions = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+
+    def count(text: str) -> int:
+        if not (text.isascii() and text.isdigit()) or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"not a positive whole number: {text[:20]!r}")
+        return int(text)
+
+    tail = actions.add_parser("tail", help="the last entries, oldest first")
+    tail.add_argument("-n", type=count, default=20, metavar="N", help="how many (default: 20)")
+    actions.add_parser(
+        "verify", help="check the hash chain; exit status 1 if the log was changed or cut"
+    )
 
 
 def _configure_logging(verbose: bool, quiet: bool = False) -> None:
@@ -134,6 +166,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"agent image: {tag}")
         return 0
 
+    if args.command == "audit":
+        from gateway.audit import run_audit_command
+
+        return run_audit_command(settings, args.audit_command, getattr(args, "n", 20))
+
     from gateway import app
 
     if args.command == "up":
@@ -145,6 +182,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "chat":
         _configure_logging(args.verbose, quiet=True)
         asyncio.run(app.serve(app.chat(settings, args.user)))
+    elif args.command == "pair":
+        _configure_logging(args.verbose, quiet=True)
+        print(asyncio.run(app.pair(settings, args.pair_command, getattr(args, "code", None))))
+    elif args.command == "link":
+        _configure_logging(args.verbose, quiet=True)
+        print(asyncio.run(app.link(settings, args.identity, args.user)))
     elif args.command == "usage":
         _configure_logging(args.verbose, quiet=True)
         print(asyncio.run(app.usage(settings, args.user)))

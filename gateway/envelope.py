@@ -71,6 +71,9 @@ class Inbound:
     conversation_name: str = ""
     """The chat's title or channel name, for people to read; empty in a direct chat."""
     attachments: tuple[Attachment, ...] = ()
+    from_bot: bool = False
+    """Sent by another bot (or an integration) as the platform says; the core ignores
+    these unless the operator lets bots in. The bot's own messages never get this far."""
     extras: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     schema: int = SCHEMA_VERSION
 
@@ -154,6 +157,8 @@ def encode(envelope: Envelope) -> dict[str, str]:
         fields["received_at"] = repr(envelope.received_at)
         fields["is_direct"] = "1" if envelope.is_direct else "0"
         fields["mentioned"] = "1" if envelope.mentioned else "0"
+        if envelope.from_bot:
+            fields["bot"] = "1"
         if envelope.attachments:
             fields["a"] = json.dumps(
                 [_attachment_fields(a) for a in envelope.attachments], ensure_ascii=False
@@ -268,6 +273,7 @@ def decode(raw: Mapping[str, str] | Mapping[bytes, bytes]) -> Envelope:
             user_id=fields.get("user_id", ""),
             conversation_name=fields.get("conversation_name", ""),
             attachments=_attachments(fields),
+            from_bot=_flag(fields, "bot"),
             extras=_extras(fields),
         )
     if kind == "out":

@@ -436,6 +436,71 @@ class ChannelsSettings(_Part):
         return self
 
 
+DmPolicy = Literal["allowlist", "pairing", "open", "disabled"]
+GroupPolicy = Literal["mention", "open", "disabled"]
+
+
+class ChannelAccess(_Part):
+    """Who may talk to the bot on one channel, and who runs it."""
+
+    dm_policy: DmPolicy = "pairing"
+    """Direct messages: "allowlist" (only allowed people), "pairing" (unknown senders get
+    a code an admin approves), "open" (anyone not denied), "disabled" (none)."""
+    groups: GroupPolicy = "mention"
+    """Group chats: "mention" (answer only when mentioned or replied to), "open" (every
+    message), "disabled" (ignore groups). Senders must be allowed unless dm_policy is open."""
+    admins: tuple[str, ...] = ()
+    """Platform user ids of the operators on this channel. Nobody becomes admin otherwise."""
+    allow: tuple[str, ...] = ()
+    """Platform user ids allowed from the start (more are added with /allow and pairing)."""
+
+    @field_validator("admins", "allow")
+    @classmethod
+    def _ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            if not item or item != item.strip() or len(item) > 256:
+                raise ValueError(f"{item!r} is not a platform user id")
+        return value
+
+
+class LoopGuardSettings(_Part):
+    """Stops two bots (or a script) talking to each other through the assistant."""
+
+    per_conversation_per_min: int = Field(default=30, ge=1, le=10_000)
+    """Messages one conversation may send in a minute; beyond it the conversation is paused."""
+    pause_s: int = Field(default=600, ge=10, le=86_400)
+    """How long a paused conversation is ignored (admins' commands still work)."""
+
+
+class AccessSettings(_Part):
+    """Who may talk, per channel; who is an admin; pairing; bots."""
+
+    allow_bots: bool = False
+    """Messages from other bots are ignored unless this is on."""
+    pairing_ttl_s: int = Field(default=3_600, ge=60, le=7 * 86_400)
+    max_pending_pairings: int = Field(default=3, ge=1, le=100)
+    """Pairing codes waiting for approval at once, per channel; more senders get none."""
+    loop_guard: LoopGuardSettings = LoopGuardSettings()
+    console: ChannelAccess = ChannelAccess(dm_policy="open")
+    """The terminal: whoever reaches the data directory controls Stockade anyway."""
+    telegram: ChannelAccess = ChannelAccess()
+    discord: ChannelAccess = ChannelAccess()
+    slack: ChannelAccess = ChannelAccess()
+    matrix: ChannelAccess = ChannelAccess()
+    whatsapp: ChannelAccess = ChannelAccess()
+
+    def of(self, channel: str) -> ChannelAccess:
+        """The policy of `channel`; an unknown channel gets the strictest one."""
+        found = getattr(self, channel, None) if channel in _ACCESS_CHANNELS else None
+        return found if isinstance(found, ChannelAccess) else _CLOSED
+
+
+_ACCESS_CHANNELS: Final = frozenset(
+    ("console", "telegram", "discord", "slack", "matrix", "whatsapp")
+)
+_CLOSED: Final = ChannelAccess(dm_policy="disabled", groups="disabled")
+
+
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "stockade"
@@ -464,6 +529,7 @@ class Settings(BaseSettings):
     vault: VaultSettings = VaultSettings()
     budget: BudgetSettings = BudgetSettings()
     channels: ChannelsSettings = ChannelsSettings()
+    access: AccessSettings = AccessSettings()
 
     @field_validator("data_dir")
     @classmethod

@@ -207,6 +207,36 @@ status_path = "/twilio/status"
 api_base = "https://api.twilio.com"
 media_base = "https://api.twilio.com"
 # auth_token: set STOCKADE_CHANNELS__WHATSAPP__AUTH_TOKEN
+
+# Who may talk to the assistant, and who runs it. Each platform has its own table:
+# [access.telegram], [access.discord], [access.slack], [access.matrix],
+# [access.whatsapp] and [access.console].
+[access]
+# Messages from other bots are ignored unless this is true.
+allow_bots = false
+# A pairing code lasts this long; at most this many wait per channel.
+pairing_ttl_s = 3600
+max_pending_pairings = 3
+
+[access.loop_guard]
+# A conversation sending more than this many messages a minute is paused for pause_s.
+per_conversation_per_min = 30
+pause_s = 600
+
+[access.telegram]
+# "pairing": strangers get a code an operator approves (/pair approve CODE);
+# "allowlist": only allowed people; "open": anyone not denied; "disabled": no DMs.
+dm_policy = "pairing"
+# Groups: "mention" (answer when mentioned or replied to), "open", "disabled".
+groups = "mention"
+# Platform user ids of the operators here (they may use /status, /kill, ...).
+admins = []
+# Platform user ids allowed from the start.
+allow = []
+
+[access.console]
+# `stockade chat` needs the data directory, so whoever runs it controls Stockade anyway.
+dm_policy = "open"
 """
 
 

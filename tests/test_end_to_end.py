@@ -27,7 +27,7 @@ from tests.fakes.model_server import (
     ToolCalls,
     running_model_server,
 )
-from tests.fakes.telegram import photo, running_telegram
+from tests.fakes.telegram import photo, running_telegram, user
 from tests.sandbox.canary import hits
 from tests.services import TEST_IMAGE, require
 
@@ -334,6 +334,7 @@ async def test_a_telegram_photo_reaches_the_agents_workspace_and_the_answer_goes
         telegram.add_file("photo-1", picture, "photos/file_1.png", "image/png")
         extra = {
             "STOCKADE_CHANNELS__TELEGRAM__ENABLED": "true",
+            "STOCKADE_ACCESS__TELEGRAM__DM_POLICY": "open",
             "STOCKADE_CHANNELS__TELEGRAM__TOKEN": telegram.token,
             "STOCKADE_CHANNELS__TELEGRAM__API_BASE": telegram.api_base,
             "STOCKADE_CHANNELS__TELEGRAM__POLL_TIMEOUT_S": "1",
@@ -354,3 +355,66 @@ async def test_a_telegram_photo_reaches_the_agents_workspace_and_the_answer_goes
             assert "[attached image: inbox/photo.jpg (image/png, 2 kB)]" in prompt
             assert CANARY_KEY not in b"".join(gateway.log).decode(errors="replace")
             assert telegram.token not in b"".join(gateway.log).decode(errors="replace")
+
+
+async def _sent_to(telegram: Any, chat_id: int, count: int) -> list[str]:
+    """The texts sent to `chat_id`, once there are at least `count`."""
+    async with asyncio.timeout(60):
+        while len(texts := [s.text for s in telegram.sent if s.chat_id == str(chat_id)]) < count:
+            await asyncio.sleep(0.05)
+    return texts
+
+
+async def _cli(gateway: Gateway, *args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", *args, env=gateway.env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def test_a_stranger_pairs_an_admin_approves_and_kills_their_agent(
+    agent_image: str,
+) -> None:
+    """Access control on the real pipeline: a stranger on Telegram gets a pairing code and
+    nothing else; the operator approves it from the host's command line; the stranger's
+    agent answers; an admin in the chat kills that agent's container; the audit trail
+    records it all and verifies."""
+    async with running_telegram() as telegram:
+        grace, ada = user(555, "Grace", "Hopper", "grace"), user(1001)
+        extra = {
+            "STOCKADE_CHANNELS__TELEGRAM__ENABLED": "true",
+            "STOCKADE_CHANNELS__TELEGRAM__TOKEN": telegram.token,
+            "STOCKADE_CHANNELS__TELEGRAM__API_BASE": telegram.api_base,
+            "STOCKADE_CHANNELS__TELEGRAM__POLL_TIMEOUT_S": "1",
+            "STOCKADE_ACCESS__TELEGRAM__ADMINS": '["555"]',
+        }
+        async with started(extra) as gateway:
+            telegram.add_update(telegram.message("hello", sender=ada))
+            [offer] = await _sent_to(telegram, 1001, 1)
+            code = offer.split("code is ")[1].split(".")[0]
+            assert not gateway.model.requests  # a stranger costs nothing
+
+            status, out = await _cli(gateway, "pair", "approve", code)
+            assert status == 0 and "Approved telegram:1001" in out, out
+            welcome = (await _sent_to(telegram, 1001, 2))[1]
+            assert "approved" in welcome
+
+            gateway.model.push(Text("Hello, Ada."))
+            telegram.add_update(telegram.message("hello again", sender=ada))
+            assert (await _sent_to(telegram, 1001, 3))[2] == "Hello, Ada."
+
+            telegram.add_update(telegram.message("/kill telegram:1001", sender=grace))
+            [notice] = await _sent_to(telegram, 555, 1)
+            assert notice.startswith("Stopped the agent of u"), notice
+            telegram.add_update(telegram.message("/kill telegram:555", sender=ada))
+            refused = (await _sent_to(telegram, 1001, 4))[3]
+            assert refused == "/kill is for operators only."
+
+            status, out = await _cli(gateway, "audit", "verify")
+            assert status == 0 and "audit log intact" in out, out
+            status, out = await _cli(gateway, "audit", "tail")
+            for action in ("pair.request", "pair.approve", "kill", "command.denied"):
+                assert f" {action} " in out, out

@@ -2,9 +2,11 @@
 
 Gateway dispatches (`MESSAGE_CREATE`, `INTERACTION_CREATE`) are parsed once here from
 the raw JSON into frozen dataclasses; nothing untyped leaves this module. Which
-messages are for the bot is decided here too: never a bot's (our own included),
-never a system message; in a guild every message is published with `mentioned`
-set when the bot is @mentioned or replied to, and the core decides what to answer.
+messages are for the bot is decided here too: never our own, never a system message;
+another bot's or a webhook's message is published marked `from_bot`, and whether bots
+are heard is the core's decision. In a guild every message is published with
+`mentioned` set when the bot is @mentioned or replied to, and the core decides what
+to answer.
 
 A message in a thread has the thread as its conversation: in Discord a thread is a
 channel of its own, so the thread channel id is both `conversation_id` and
@@ -60,6 +62,8 @@ class DiscordUser:
     username: str
     global_name: str
     bot: bool
+    system: bool = False
+    """Discord's own system user (official notices), never a person or a bot."""
 
     @property
     def display(self) -> str:
@@ -149,7 +153,8 @@ def _user(data: Mapping[str, object]) -> DiscordUser:
         id=_str(data, "id"),
         username=_str(data, "username"),
         global_name=_str(data, "global_name"),
-        bot=data.get("bot") is True or data.get("system") is True,
+        bot=data.get("bot") is True,
+        system=data.get("system") is True,
     )
 
 
@@ -229,9 +234,19 @@ def parse_channel(data: Mapping[str, object]) -> ChannelInfo:
     return ChannelInfo(id=_str(data, "id"), kind=_int(data, "type") or 0, name=_str(data, "name"))
 
 
+def is_from_bot(message: DiscordMessage) -> bool:
+    """Another bot wrote it, or a webhook posted it (its author is a stand-in, not a person)."""
+    return message.author.bot or bool(message.webhook_id)
+
+
 def is_for_us(message: DiscordMessage, bot_id: str) -> bool:
-    """Whether a person wrote this: not a bot (ourselves included), webhook or system."""
-    if message.author.bot or message.webhook_id or message.author.id == bot_id:
+    """Whether someone other than us wrote this: not our own message, not a system one.
+
+    Until the bot knows its own id, a bot's message could be its own echo, so it is
+    dropped then."""
+    if message.author.system or message.author.id == bot_id:
+        return False
+    if is_from_bot(message) and not bot_id:
         return False
     return message.kind in MESSAGE_TYPES
 
@@ -305,6 +320,7 @@ def message_inbound(
         mentioned=direct or is_mentioned(message, bot_id),
         conversation_name="" if direct else sanitize(name),
         attachments=tuple(attachments),
+        from_bot=is_from_bot(message),
         extras={"message_id": sanitize(message.id)},
     )
 

@@ -238,6 +238,8 @@ def to_inbound(
         mentioned=mentioned,
         conversation_name=sanitize(room.name),
         attachments=attachments,
+        # Matrix marks no account as a bot, so `from_bot` stays False; the bot's own
+        # events never get here (the adapter drops them by sender).
     )
 
 

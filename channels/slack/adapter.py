@@ -209,7 +209,8 @@ class SlackChannel:
     def _event_listener(self) -> Callable[..., Awaitable[None]]:
         # A closure, not a method: bolt injects arguments by parameter name.
         async def on_event(body: dict[str, Any], ack: AsyncAck, context: AsyncBoltContext) -> None:
-            await self._on_event(body, context.bot_user_id or "")
+            own = convert.BotIdentity(context.bot_user_id or "", context.bot_id or "")
+            await self._on_event(body, own)
             await ack()
 
         return on_event
@@ -226,22 +227,22 @@ class SlackChannel:
             raise PlatformUnavailable("slack: an event arrived while not receiving")
         return self._publish
 
-    async def _on_event(self, body: dict[str, Any], bot_user_id: str) -> None:
+    async def _on_event(self, body: dict[str, Any], own: convert.BotIdentity) -> None:
         message = convert.parse_event(body)
-        if message is None or not convert.is_for_us(message, bot_user_id):
+        if message is None or not convert.is_for_us(message, own):
             return
         publish = self._publisher()
         mentions = convert.mentioned_users(message.text)[:MAX_MENTION_LOOKUPS]
         direct = convert.is_direct(message)
         sender, conversation, *mention_names = await asyncio.gather(
-            self._users.get(message.user),
+            self._users.get(message.user) if message.user else _nothing(),
             self._channels.get(message.channel) if not direct else _nothing(),
             *(self._users.get(user) for user in mentions),
         )
         attachments, notes = await self._files(message)
         inbound = convert.message_inbound(
             message,
-            bot_user_id=bot_user_id,
+            bot_user_id=own.user_id,
             sender_name=sender,
             conversation_name=conversation,
             names={u: n for u, n in zip(mentions, mention_names, strict=True) if n},

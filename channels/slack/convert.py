@@ -3,8 +3,10 @@
 Slack payloads (Events API callbacks, slash commands, Web API answers) are parsed
 once here into frozen dataclasses; nothing untyped leaves this module. Which events
 are for the bot is decided here too: direct messages (`message` with channel_type
-"im") and mentions in channels (`app_mention`); never a bot's own messages, and of
-the message subtypes only plain messages, file shares and thread broadcasts.
+"im") and mentions in channels (`app_mention`); never our own messages, and of the
+message subtypes only plain messages, file shares, thread broadcasts and bot messages.
+Another bot's message is kept and marked `from_bot`: whether bots are heard is the
+core's decision, not the adapter's.
 
 Threads: a reply stays in the thread it was asked in (`thread_ts`). A top-level
 mention in a channel starts a thread under the mention (its own `ts`), so answers
@@ -35,12 +37,22 @@ PART_LIMIT: Final = 4_000
 for at most 4,000 characters for best results, and a shorter part reads better."""
 CAPABILITIES: Final = Capabilities(max_text=MAX_TEXT, threads=True, native_commands=True)
 
-ACCEPTED_SUBTYPES: Final = frozenset(("", "file_share", "thread_broadcast"))
-"""Subtypes that are a person writing; edits, deletions, joins and the like are not."""
+ACCEPTED_SUBTYPES: Final = frozenset(("", "file_share", "thread_broadcast", "bot_message"))
+"""Subtypes that are someone writing (a person, or a bot or integration with
+"bot_message"); edits, deletions, joins and the like are not."""
 
 _ENTITY: Final = re.compile(r"<([^<>]*)>")
 _MENTION: Final = re.compile(r"<@([A-Z0-9]+)(?:\|[^<>]*)?>")
 _SPECIAL: Final = {"here": "@here", "channel": "@channel", "everyone": "@everyone"}
+
+
+@dataclass(frozen=True, slots=True)
+class BotIdentity:
+    """Who we are on Slack, as auth.test says: our messages come back as events, and
+    carry one or both of these ids."""
+
+    user_id: str
+    bot_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +74,11 @@ class SlackMessage:
     """The event type: "message" or "app_mention" (others are never built)."""
     subtype: str
     user: str
+    """Empty in a "bot_message" from an integration that has no bot user."""
     bot_id: str
+    """Set when a bot or integration posted the message."""
+    bot_name: str
+    """The name a bot posted under ("username", else its bot profile's name)."""
     channel: str
     channel_type: str
     text: str
@@ -121,12 +137,15 @@ def parse_event(body: Mapping[str, object]) -> SlackMessage | None:
         for f in (_file(item) for item in (raw_files if isinstance(raw_files, list) else ()))
         if f is not None
     )
+    profile = event.get("bot_profile")
     return SlackMessage(
         event_id=event_id,
         kind=kind,
         subtype=_str(event, "subtype"),
         user=_str(event, "user"),
         bot_id=_str(event, "bot_id"),
+        bot_name=_str(event, "username")
+        or (_str(profile, "name") if isinstance(profile, Mapping) else ""),
         channel=_str(event, "channel"),
         channel_type=_str(event, "channel_type"),
         text=_str(event, "text"),
@@ -152,12 +171,30 @@ def parse_command(body: Mapping[str, object]) -> SlackCommand | None:
     return command
 
 
-def is_for_us(message: SlackMessage, bot_user_id: str) -> bool:
-    """Whether a person wrote this to the bot: a direct message or a mention."""
-    if message.subtype not in ACCEPTED_SUBTYPES or message.bot_id:
+def is_own(message: SlackMessage, own: BotIdentity) -> bool:
+    """Whether we posted this ourselves (its echo must never reach the agent)."""
+    return (bool(own.user_id) and message.user == own.user_id) or (
+        bool(own.bot_id) and message.bot_id == own.bot_id
+    )
+
+
+def is_from_bot(message: SlackMessage) -> bool:
+    return bool(message.bot_id) or message.subtype == "bot_message"
+
+
+def sender_of(message: SlackMessage) -> str:
+    """The user who wrote it, or the bot id of an integration without a bot user."""
+    return message.user or message.bot_id
+
+
+def is_for_us(message: SlackMessage, own: BotIdentity) -> bool:
+    """Whether someone other than us wrote this to the bot: a direct message or a mention."""
+    if message.subtype not in ACCEPTED_SUBTYPES or is_own(message, own):
         return False
-    if not message.user or message.user == bot_user_id or not message.channel:
+    if not sender_of(message) or not message.channel:
         return False
+    if is_from_bot(message) and not (own.user_id or own.bot_id):
+        return False  # without our own ids, a bot's message could be our own echo
     if message.kind == "app_mention":
         return True
     return message.channel_type == "im"
@@ -255,16 +292,17 @@ def message_inbound(
     return Inbound(
         channel=NAME,
         event_id=sanitize(message.event_id),
-        sender_id=sanitize(message.user),
+        sender_id=sanitize(sender_of(message)),
         conversation_id=sanitize(message.channel),
         text=sanitize(text),
         received_at=now,
-        sender_name=sanitize(sender_name or message.user),
+        sender_name=sanitize(sender_name or message.bot_name or sender_of(message)),
         thread_id=sanitize(thread_of(message)),
         is_direct=direct,
         mentioned=message.kind == "app_mention",
         conversation_name="" if direct else sanitize(conversation_name or message.channel),
         attachments=tuple(attachments),
+        from_bot=is_from_bot(message),
     )
 
 

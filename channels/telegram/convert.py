@@ -283,10 +283,13 @@ def display_name(user: User) -> str:
 
 
 def to_inbound(update: Update, bot: BotIdentity, now: float) -> Inbound | None:
-    """The envelope of a person's message; None for everything the agent ignores:
-    other update kinds (edits, channel posts), bots, service messages."""
+    """The envelope of a message; None for everything the agent ignores: other update
+    kinds (edits, channel posts), the bot's own messages, service messages.
+
+    Another bot's message is kept with `from_bot`: whether bots are heard is the core's
+    decision, not the adapter's."""
     message = update.message
-    if message is None or message.sender is None or message.sender.is_bot:
+    if message is None or message.sender is None or message.sender.id == bot.id:
         return None
     if message.chat.type not in ("private", "group", "supergroup"):
         return None
@@ -306,6 +309,7 @@ def to_inbound(update: Update, bot: BotIdentity, now: float) -> Inbound | None:
         is_direct=is_direct,
         mentioned=addressed or is_mentioned(message, bot),
         conversation_name="" if is_direct else sanitize(message.chat.title),
+        from_bot=message.sender.is_bot,
         extras={"message_id": str(message.message_id)},
     )
 

@@ -10,7 +10,7 @@ from gateway.errors import CommandError
 async def _help(context: CommandContext, args: tuple[str, ...]) -> str:
     if args:
         raise CommandError("/help takes no arguments.", "help")
-    return context.registry.help_text(admin=False)
+    return context.registry.help_text(admin=context.is_admin)
 
 
 async def _whoami(context: CommandContext, args: tuple[str, ...]) -> str:
@@ -20,7 +20,8 @@ async def _whoami(context: CommandContext, args: tuple[str, ...]) -> str:
     shown = inbound.sender_name and inbound.sender_name != inbound.sender_id
     name = f" ({inbound.sender_name})" if shown else ""
     return (
-        f"You are {context.user_id}: {inbound.sender_id}{name} on {inbound.channel}.\nRole: user."
+        f"You are {context.user_id}: {inbound.sender_id}{name} on {inbound.channel}.\n"
+        f"Role: {context.role}."
     )
 
 

@@ -9,6 +9,7 @@ from typing import Final
 
 from gateway.envelope import Inbound
 from gateway.errors import CommandError
+from gateway.policy.access import Role
 
 # Telegram appends "@botname" to commands in groups; names are short ASCII words.
 _COMMAND = re.compile(r"([a-z][a-z0-9_]{0,31})(?:@[A-Za-z0-9_]{1,64})?", re.ASCII)
@@ -43,9 +44,15 @@ class CommandContext:
     inbound: Inbound
     user_id: str
     registry: Registry
+    role: Role = Role.USER
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is Role.ADMIN
 
 
 Handler = Callable[[CommandContext, tuple[str, ...]], Awaitable[str]]
+"""Answers one call; an empty answer sends no reply (someone else reports the outcome)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,11 +93,24 @@ class Registry:
             lines.append(f"{self.prefix}{command.usage} — {command.summary}")
         return "\n".join(lines)
 
+    def refusal(self, invocation: Invocation, role: Role) -> str | None:
+        """Why `role` may not run `invocation`, or None when it may (or it is unknown)."""
+        command = self.get(invocation.name)
+        if command is not None and command.admin_only and role is not Role.ADMIN:
+            return f"{self.prefix}{command.name} is for operators only."
+        return None
+
     async def run(self, invocation: Invocation, context: CommandContext) -> str:
-        """The reply to an invocation; unknown commands and bad arguments get a usage hint."""
+        """The reply to an invocation; unknown commands and bad arguments get a usage hint.
+
+        Authorisation is checked here too, so no caller can run an admin command by
+        forgetting `refusal`."""
         command = self.get(invocation.name)
         if command is None:
             return f"Unknown command {self.prefix}{invocation.name}. Try {self.prefix}help."
+        refused = self.refusal(invocation, context.role)
+        if refused is not None:
+            return refused
         try:
             return await command.handler(context, invocation.args)
         except CommandError as exc:

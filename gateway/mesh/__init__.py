@@ -10,6 +10,11 @@ Each agent speaks HTTP/1.1 + JSON on its own socket, which is its identity:
                                  yet answered (404 otherwise, 410 once expired)
 
 Handing a message out also announces "typing" to its channel (Pub/Sub, best effort).
+
+The operator's controls (`gateway.controls`) apply on every request: a paused
+user's agent gets no message and no model call (403 "paused"), a model the user
+chose with /model is their default while they may still use it, and
+`Mesh.cancel_turn` ends a turn in flight (its messages are answered "Stopped.").
 """
 
 from __future__ import annotations

@@ -22,14 +22,17 @@ import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any, Final, Protocol
 
+from gateway.controls import is_paused
 from gateway.errors import (
     BudgetError,
     BudgetExceeded,
     BudgetUnavailable,
+    RedisUnavailable,
     SecretNotFound,
     VaultError,
 )
 from gateway.mesh import _model
+from gateway.mesh._controls import controls_unavailable, default_first, paused, read_steering
 from gateway.mesh._protocol import ChatRequest, ProviderFailed, Rejected
 from gateway.policy import BudgetGate, Reservation
 from gateway.policy.budget import TokenPrice, cost_nano, prompt_token_bound, render_warning
@@ -39,6 +42,8 @@ log = logging.getLogger("stockade.mesh")
 
 MAX_FALLBACKS: Final = 4
 """Fallback hops one call may take; the settings refuse loops, this bounds long chains."""
+MAX_STALE_WARNINGS: Final = 10_000
+"""Stale model choices remembered as already warned about; past this, warned again."""
 
 
 class Keys(Protocol):
@@ -101,6 +106,7 @@ class ModelCalls:
         self._gate = gate
         self._prices: dict[str, TokenPrice | None] = {}
         self._settling: set[asyncio.Task[None]] = set()
+        self._stale: set[tuple[str, str]] = set()
 
     async def warm(self) -> None:
         """Load LiteLLM and price every model now, so no agent's first call waits."""
@@ -119,6 +125,40 @@ class ModelCalls:
         """The models `user_id` may call, each with its max_tokens cap; the first is the default."""
         aliases = self._mesh.allowed_models_by_user.get(user_id, self._mesh.allowed_models)
         return {alias: self._models[alias].max_tokens for alias in aliases}
+
+    async def choices(self, user_id: str) -> dict[str, int]:
+        """The models `user_id` may call now, as `caps`, the default first: the one they
+        chose with /model while it is still allowed.
+
+        Reads the operator's controls in one round trip: `Rejected` 403 while the
+        user's agent is paused, 503 when the controls cannot be read.
+        """
+        try:
+            steering = await read_steering(self._gate.client, user_id)
+        except RedisUnavailable as exc:
+            log.error("controls unknown for %s (%s): the call is refused", user_id, exc)
+            raise controls_unavailable() from None
+        if steering.paused:
+            raise paused()
+        caps = self.caps(user_id)
+        ordered = default_first(caps, steering.chosen)
+        if ordered is not None:
+            return ordered
+        stale = (user_id, steering.chosen or "")
+        if stale not in self._stale:
+            if len(self._stale) >= MAX_STALE_WARNINGS:
+                self._stale.clear()
+            self._stale.add(stale)
+            log.warning(
+                "%s chose model %r, which they may no longer use: the default applies",
+                user_id,
+                stale[1][:80],
+            )
+        return caps
+
+    async def paused(self, user_id: str) -> bool:
+        """Whether the operator paused `user_id`'s agent; RedisUnavailable when unknown."""
+        return await is_paused(self._gate.client, user_id)
 
     async def _price(self, alias: str) -> TokenPrice | None:
         if alias not in self._prices:

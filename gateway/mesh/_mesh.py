@@ -92,6 +92,19 @@ class Mesh:
                 await door.stop()
                 log.info("closed the door of %s", user_id)
 
+    async def cancel_turn(self, user_id: str) -> bool:
+        """End `user_id`'s current turn now (/stop, /kill, /reset); True when one was in flight.
+
+        Its model calls are cancelled and settled, its open message is answered
+        "Stopped." and acked, and the agent's later model calls and replies for it
+        are refused; the agent goes on with its next message. False when the user's
+        door is not open here or no turn was in flight.
+        """
+        door = self._doors.get(user_id)
+        if door is None:
+            return False
+        return await door.cancel_turn()
+
     async def aclose(self) -> None:
         """Close every door."""
         async with self._lock:

@@ -4,6 +4,10 @@ The socket is the agent's identity. Every request on it acts for the one user
 the door was opened for; nothing in a request can name another user, a stream,
 a conversation or a key. A file is handed out only while the message it came
 with is open on this door.
+
+The operator steers the door: while the user's agent is paused it hands out no
+message and makes no model call, and `cancel_turn` ends the turn in progress
+(its model calls are cut off, its messages answered "Stopped.").
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from gateway.bus import (
 from gateway.envelope import Inbound, reply
 from gateway.errors import RedisUnavailable, StaleDelivery
 from gateway.mesh._calls import ModelCalls
+from gateway.mesh._controls import STOPPED_TEXT, stopped
 from gateway.mesh._protocol import (
     ChatRequest,
     ProviderFailed,
@@ -68,6 +73,8 @@ _SHUTDOWN_S: Final = 1.0
 """How long closing a door lets requests in flight finish (long polls are ended at once)."""
 _CUE_TIMEOUT_S: Final = 2.0
 """A typing cue not published by then is dropped: the indicator would come too late."""
+_STOP_WAIT_S: Final = 2.0
+"""How long stopping a turn waits for its cancelled model calls to wind down."""
 
 log = logging.getLogger("stockade.mesh")
 
@@ -153,6 +160,12 @@ class Door:
         self._runner: web.AppRunner | None = None
         self._polls: set[asyncio.Task[Any]] = set()
         self._unclaimed: deque[tuple[Delivery, Inbound]] = deque()
+        self._calling: set[asyncio.Task[Any]] = set()
+        """Handlers of model calls in flight (or waiting for a slot)."""
+        self._stopping: set[asyncio.Task[Any]] = set()
+        """Of those, the ones `cancel_turn` cancelled: they answer "stopped"."""
+        self._stopped = False
+        """A turn was stopped: model calls are refused until the next message is taken."""
 
     def _app(self) -> web.Application:
         app = web.Application(
@@ -198,6 +211,55 @@ class Door:
             self.path.unlink(missing_ok=True)
         except PermissionError:
             log.warning("could not remove the socket of %s: permission denied", self.user_id)
+
+    async def cancel_turn(self) -> bool:
+        """End the turn in progress now; True when there was one (or a model call).
+
+        Its model calls are cancelled (their reservations settle as any cancelled
+        call's do), its open messages are answered "Stopped." and acked, and the
+        agent's further model calls and replies for them are refused until it takes
+        its next message. RedisUnavailable when a message could not be finished: it
+        stays pending and comes back through the bus's reclaim path.
+        """
+        turns = list(self._turns.values())
+        self._turns.clear()
+        calls = list(self._calling)
+        if not turns and not calls:
+            return False
+        # Before anything is awaited: no model call may start for the stopped turn.
+        self._stopped = True
+        for task in calls:
+            self._stopping.add(task)
+            task.cancel()
+        unfinished = 0
+        for turn in turns:
+            envelope = reply(turn.inbound, STOPPED_TEXT, "final", self.user_id)
+            try:
+                await self._bus.forward(turn.delivery, out_stream(turn.inbound.channel), envelope)
+            except StaleDelivery:
+                log.info("stopped %s: it was already finished", turn.delivery.entry_id)
+            except RedisUnavailable:
+                unfinished += 1
+        if calls:
+            await asyncio.wait(calls, timeout=_STOP_WAIT_S)
+        log.info(
+            "stopped the turn of %s: %d message(s) answered, %d model call(s) cancelled",
+            self.user_id,
+            len(turns) - unfinished,
+            len(calls),
+        )
+        if unfinished:
+            raise RedisUnavailable(f"{unfinished} stopped message(s) not answered")
+        return True
+
+    def _absorb_stop(self) -> bool:
+        """In a model call's handler that caught CancelledError: True when `cancel_turn`
+        alone cancelled it, which is then answered rather than passed on."""
+        task = asyncio.current_task()
+        if task is None or task not in self._stopping:
+            return False
+        self._stopping.discard(task)
+        return task.uncancel() == 0
 
     # -- request bodies ----------------------------------------------------------------
 
@@ -253,6 +315,13 @@ class Door:
         loop = asyncio.get_running_loop()
         async with self._next_lock:
             while not _gone(request):
+                if await self._calls.paused(self.user_id):
+                    # Paused: nothing is handed out; the poll waits as if nothing came.
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    await asyncio.sleep(min(remaining, _POLL_SLICE_S))
+                    continue
                 if self._unclaimed:
                     return self._hand_out(*self._unclaimed.popleft())
                 remaining = deadline - loop.time()
@@ -274,6 +343,7 @@ class Door:
         return web.Response(status=204)
 
     def _hand_out(self, delivery: Delivery, inbound: Inbound) -> web.Response:
+        self._stopped = False
         message_id = self._remember(delivery, inbound)
         self._announce(inbound)
         return web.json_response(next_body(message_id, inbound))
@@ -386,9 +456,29 @@ class Door:
     # -- POST /v1/chat/completions -----------------------------------------------------
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
+        task = asyncio.current_task()
+        if task is None:  # aiohttp runs every handler in a task of its own
+            return await self._chat_call(request)
+        self._calling.add(task)
+        try:
+            return await self._chat_call(request)
+        except asyncio.CancelledError:
+            if not self._absorb_stop():
+                raise
+            raise stopped() from None
+        finally:
+            self._calling.discard(task)
+            self._stopping.discard(task)
+
+    async def _chat_call(self, request: web.Request) -> web.StreamResponse:
         refuse_credential_headers(request.headers.keys())
-        chat = parse_chat(await self._body(request), self._calls.caps(self.user_id))
+        if self._stopped:
+            raise stopped()
+        body = await self._body(request)
+        chat = parse_chat(body, await self._calls.choices(self.user_id))
         async with self._model_slots:
+            if self._stopped:
+                raise stopped()
             if chat.stream:
                 return await self._chat_stream(request, chat)
             answer = await self._calls.chat(self.user_id, chat, self._notify)
@@ -415,6 +505,13 @@ class Door:
             except ConnectionResetError:
                 log.info("%s hung up during a streamed answer", self.user_id)
                 return response or web.Response(status=499)
+            except asyncio.CancelledError:
+                if response is None or not self._absorb_stop():
+                    raise
+                # Stopped mid-stream: the status is sent already; the refusal is an event.
+                refusal = stopped()
+                body = error_body(refusal.kind, refusal.message)
+                await response.write(b"data: " + json.dumps(body).encode() + b"\n\n")
         if response is None:  # a provider that sent no chunk at all
             response = web.StreamResponse(headers=_EVENT_STREAM)
             await response.prepare(request)

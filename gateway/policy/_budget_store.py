@@ -12,6 +12,13 @@ Keys (all under stockade:budget:; amounts are nano-dollars):
     applied:<month>                   how many ledger records of the month Redis holds
     rebuild                           lock held while the counters are rebuilt from the ledger
 
+A user's caps come from the settings unless the operator set others at runtime
+(`gateway.controls.CAPS_KEY`, written by `set_caps`). The gate remembers the override
+it last saw for each user and the reserve script checks that memory against the hash
+in the same atomic step: a changed override sends the script's reply back with the
+new value, and the call is checked again under it. So a reserve costs one round trip
+while the override stays as it is, and is never checked against caps that are gone.
+
 `used` is spent + outstanding, the one number a reservation is checked against;
 `held` is the outstanding part alone. A reservation adds its amount to both in all
 four windows; finishing it moves `used` by (billed - reserved) and takes the
@@ -47,6 +54,7 @@ from redis.exceptions import (
 )
 
 from gateway._aio import raise_if_cancelling
+from gateway.controls import CAPS_KEY
 from gateway.errors import BudgetExceeded, BudgetUnavailable, ConfigError
 from gateway.policy._ledger import Entry, Ledger, Replay, applied_count, replay
 from gateway.policy.budget import (
@@ -59,6 +67,8 @@ from gateway.policy.budget import (
     Windows,
     WindowUse,
     bounded_max_tokens,
+    caps_from_json,
+    caps_to_json,
     exceeded_sentence,
     input_cost_nano,
     output_cost_nano,
@@ -90,6 +100,10 @@ RECOVER_RECHECK_S: Final = 1.0
 ledger is checked again after this long before it counts as lost state."""
 SETTLE_RETRIES: Final = 30
 SETTLE_RETRY_S: Final = 0.1
+STALE_RETRIES: Final = 3
+"""Reserve attempts when the caps override changes under the script each time."""
+MAX_REMEMBERED_OVERRIDES: Final = 10_000
+"""Users whose last-seen caps override the gate keeps; past this it starts afresh."""
 
 _ID: Final = re.compile(r"(\d{4}-\d{2}-\d{2}):([0-9a-f]{16}):(.+)", re.DOTALL)
 
@@ -170,13 +184,16 @@ class _Script:
 # they are created, not on every call.
 
 # The check-and-reserve step, for one call, in all four windows at once.
-# KEYS: 4 windows (WINDOW_ORDER), reservation, expiry set, applied marker, rebuild lock.
+# KEYS: 4 windows (WINDOW_ORDER), reservation, expiry set, applied marker, rebuild lock,
+#       the caps overrides hash.
 # ARGV: one JSON array (redis-py packs each argument in Python: one is cheaper than 20):
 #       4 caps (-1: none), 4 window ttls, prompt nano, max tokens, output pico per token,
 #       output nano of max tokens, output nano of one token, expires_at, marker ttl,
-#       id, user, model, day, month.
+#       id, user, model, day, month, the override the caps were worked out from (false:
+#       none).
 # Returns {'ok', max tokens, reserved}, {'denied', i, used, held, ...} for each window
-# that cannot pay the prompt and one token, or {'unavailable', reason}.
+# that cannot pay the prompt and one token, {'stale', override or nil} when the
+# override is not the one the caps came from, or {'unavailable', reason}.
 RESERVE: Final = _Script("""#!lua
 if redis.call('EXISTS', KEYS[8]) == 1 then
   return {'unavailable', 'rebuilding'}
@@ -185,6 +202,10 @@ if redis.call('EXISTS', KEYS[5]) == 1 then
   return {'unavailable', 'duplicate id'}
 end
 local a = cjson.decode(ARGV[1])
+local override = redis.call('HGET', KEYS[9], a[17])
+if override ~= a[21] then
+  return {'stale', override}
+end
 -- Reads first: a key of the wrong type fails the script before anything is written.
 redis.call('ZSCORE', KEYS[6], a[16])
 local kind = redis.call('TYPE', KEYS[7])['ok']
@@ -458,14 +479,86 @@ class BudgetGate:
             user: _limits(settings, f"budget.overrides.{user}", caps)
             for user, caps in settings.overrides.items()
         }
+        # user -> (the runtime override last seen in Redis, the limits it gives);
+        # no entry: none seen, the settings' limits.
+        self._overrides: dict[str, tuple[str | None, _Limits]] = {}
+        self._malformed: dict[str, bytes] = {}
         self._today: Windows | None = None
         self._days: dict[str, Windows] = {}
 
+    @property
+    def client(self) -> aioredis.Redis:
+        """The Redis the budget lives on; the operator's other controls live there too."""
+        return self._client
+
+    def _configured(self, user_id: str) -> _Limits:
+        return self._limits.get(user_id, self._default_limits)
+
+    def _limits_of(self, user_id: str) -> _Limits:
+        seen = self._overrides.get(user_id)
+        return self._configured(user_id) if seen is None else seen[1]
+
+    def _assumed(self, user_id: str) -> str | None:
+        seen = self._overrides.get(user_id)
+        return None if seen is None else seen[0]
+
     def _caps_of(self, user_id: str) -> tuple[int | None, ...]:
-        return self._limits.get(user_id, self._default_limits)[0]
+        return self._limits_of(user_id)[0]
 
     def _thresholds_of(self, user_id: str) -> tuple[int | None, ...]:
-        return self._limits.get(user_id, self._default_limits)[1]
+        return self._limits_of(user_id)[1]
+
+    def _adopt(self, user_id: str, raw: Any) -> _Limits:
+        """Remember the override Redis holds for `user_id` (None: none); its limits.
+
+        BudgetUnavailable when it is malformed: the user's budget is then unknown.
+        """
+        if raw is None:
+            override, limits = None, self._configured(user_id)
+        else:
+            try:
+                override = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+                limits = _limits_from(caps_from_json(override), self._settings)
+            except ValueError as exc:
+                shown = raw if isinstance(raw, bytes) else str(raw).encode()
+                if self._malformed.get(user_id) != shown:
+                    self._malformed[user_id] = shown
+                    log.error(
+                        "the caps override of %s is malformed (%s): their calls are refused "
+                        "until an operator sets or clears it",
+                        user_id,
+                        type(exc).__name__,
+                    )
+                raise BudgetUnavailable(f"the caps override of {user_id} is malformed") from None
+        self._malformed.pop(user_id, None)
+        if len(self._overrides) >= MAX_REMEMBERED_OVERRIDES and user_id not in self._overrides:
+            self._overrides.clear()
+        self._overrides[user_id] = (override, limits)
+        return limits
+
+    async def set_caps(self, user_id: str, caps: Caps) -> None:
+        """Give `user_id` these caps instead of the configured ones, on every host at once.
+
+        ValueError for a cap the gate cannot count; BudgetUnavailable when Redis fails.
+        """
+        if not user_id:
+            raise ValueError("caps need a user id")
+        override = caps_to_json(caps)
+        try:
+            await self._client.hset(CAPS_KEY, user_id, override)
+        except RedisError as exc:
+            raise BudgetUnavailable(f"caps not set: {type(exc).__name__}") from None
+        self._adopt(user_id, override)
+        log.info("caps of %s set to %s", user_id, override)
+
+    async def clear_caps(self, user_id: str) -> None:
+        """Give `user_id` the configured caps again."""
+        try:
+            await self._client.hdel(CAPS_KEY, user_id)
+        except RedisError as exc:
+            raise BudgetUnavailable(f"caps not cleared: {type(exc).__name__}") from None
+        self._adopt(user_id, None)
+        log.info("caps of %s back to the configured ones", user_id)
 
     def _windows_at(self, now: float) -> Windows:
         today = self._today
@@ -521,7 +614,6 @@ class BudgetGate:
         _check_call(user_id, prompt_tokens, max_tokens)
         now = self._clock()
         windows = self._windows_at(now)
-        caps = self._caps_of(user_id)
         max_tokens = bounded_max_tokens(price, max_tokens)
         prompt_nano = input_cost_nano(price, prompt_tokens)
         output_nano = output_cost_nano(price, max_tokens)
@@ -549,10 +641,10 @@ class BudgetGate:
             EXPIRY_KEY,
             applied_key(windows.month),
             REBUILD_KEY,
+            CAPS_KEY,
         ]
         ttls = [_ttl(windows.resets_at(p), now) for _, p in WINDOW_ORDER]
-        args = [
-            *(-1 if cap is None else cap for cap in caps),
+        rest = [
             *ttls,
             prompt_nano,
             max_tokens,
@@ -567,22 +659,21 @@ class BudgetGate:
             windows.day,
             windows.month,
         ]
-        try:
-            reply = await RESERVE(self._client, keys, [json.dumps(args)])
-        except ResponseError as exc:
-            self._deny(entry, "script error")
-            log.error("budget reserve script failed for %s: %s", user_id, exc)
-            raise BudgetUnavailable(f"the budget script failed: {exc}") from None
-        except MaxConnectionsError:
-            # Raised before anything is sent: the script surely did not run.
-            self._deny(entry, "no Redis connection free")
-            raise BudgetUnavailable("no Redis connection free; size the pool") from None
-        except (RedisError, OSError, asyncio.CancelledError) as exc:
-            # The script may or may not have run: found out once Redis answers.
-            self._unresolved[rid] = entry
-            if isinstance(exc, asyncio.CancelledError):
+        for _ in range(STALE_RETRIES):
+            caps = self._caps_of(user_id)
+            override = self._assumed(user_id)
+            args = [*(-1 if cap is None else cap for cap in caps), *rest, override or False]
+            reply = await self._run_reserve(entry, keys, json.dumps(args))
+            if reply[0] != b"stale":
+                break
+            try:
+                self._adopt(user_id, reply[1])
+            except BudgetUnavailable:
+                self._deny(entry, "malformed caps override")
                 raise
-            raise BudgetUnavailable(f"Redis did not answer: {type(exc).__name__}") from None
+        else:
+            self._deny(entry, "caps override kept changing")
+            raise BudgetUnavailable("the caps override kept changing during the reserve")
         status = reply[0]
         if status == b"ok":
             return Reservation(
@@ -609,6 +700,27 @@ class BudgetGate:
         reason = _text(reply[1]) if len(reply) > 1 else "unexpected reply"
         self._deny(entry, reason)
         raise BudgetUnavailable(f"budget state is not available: {reason}")
+
+    async def _run_reserve(self, entry: Entry, keys: list[str], args: str) -> list[Any]:
+        """RESERVE's reply; BudgetUnavailable (with the outcome recorded) when there is none."""
+        rid, user_id = entry.id, entry.user
+        try:
+            reply = await RESERVE(self._client, keys, [args])
+        except ResponseError as exc:
+            self._deny(entry, "script error")
+            log.error("budget reserve script failed for %s: %s", user_id, exc)
+            raise BudgetUnavailable(f"the budget script failed: {exc}") from None
+        except MaxConnectionsError:
+            # Raised before anything is sent: the script surely did not run.
+            self._deny(entry, "no Redis connection free")
+            raise BudgetUnavailable("no Redis connection free; size the pool") from None
+        except (RedisError, OSError, asyncio.CancelledError) as exc:
+            # The script may or may not have run: found out once Redis answers.
+            self._unresolved[rid] = entry
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise BudgetUnavailable(f"Redis did not answer: {type(exc).__name__}") from None
+        return list(reply)
 
     def _deny(self, entry: Entry, reason: str) -> None:
         try:
@@ -846,15 +958,16 @@ class BudgetGate:
         """`user_id`'s windows, everyone's windows, and the user's models this month."""
         now = self._clock()
         windows = self._windows_at(now)
-        caps = self._caps_of(user_id)
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for key in _window_keys(windows, user_id):
                     pipe.hmget(key, ["used", "held"])
                 pipe.hgetall(models_key(user_id, windows.month))
+                pipe.hget(CAPS_KEY, user_id)
                 replies = await pipe.execute()
         except RedisError as exc:
             raise BudgetUnavailable(f"usage failed: {type(exc).__name__}") from None
+        caps = self._adopt(user_id, replies[5])[0]
         uses = []
         for i in range(len(WINDOW_ORDER)):
             used, held = (_int(v) for v in replies[i])
@@ -996,10 +1109,12 @@ def _check_call(user_id: str, prompt_tokens: int, max_tokens: int) -> None:
         raise ValueError("max_tokens must be 1 or more")
 
 
-def _limits(
-    settings: BudgetSettings, name: str, user: Caps
-) -> tuple[tuple[int | None, ...], tuple[int | None, ...]]:
-    """A user's caps and warning thresholds in nano-dollars; a bad cap names its key."""
+_Limits = tuple[tuple[int | None, ...], tuple[int | None, ...]]
+"""A user's caps and warning thresholds in nano-dollars, in WINDOW_ORDER."""
+
+
+def _limits(settings: BudgetSettings, name: str, user: Caps) -> _Limits:
+    """A user's configured caps and thresholds; a bad cap names its key."""
     for where, caps in ((name, user), ("budget.total", settings.total)):
         for field in ("daily_usd", "monthly_usd"):
             usd = getattr(caps, field)
@@ -1008,5 +1123,10 @@ def _limits(
                     usd_to_nano(usd)
             except ValueError as exc:
                 raise ConfigError("settings", f"{where}.{field}", str(exc)) from None
+    return _limits_from(user, settings)
+
+
+def _limits_from(user: Caps, settings: BudgetSettings) -> _Limits:
+    """A user's caps and thresholds; ValueError for a cap that cannot be counted."""
     caps_nano = window_caps(user, settings.total)
     return caps_nano, tuple(warn_threshold(cap, settings.warn_at) for cap in caps_nano)

@@ -255,6 +255,31 @@ def window_caps(user: Caps, total: Caps) -> tuple[int | None, ...]:
     )
 
 
+def caps_to_json(caps: Caps) -> str:
+    """The runtime override of a user's caps as the operator's hash holds it; ValueError
+    when a cap is not one the gate can count (negative, not finite, above `MAX_CAP_USD`)."""
+    for usd in (caps.daily_usd, caps.monthly_usd):
+        if usd is not None:
+            usd_to_nano(usd)
+    return json.dumps(
+        {"daily_usd": caps.daily_usd, "monthly_usd": caps.monthly_usd}, separators=(",", ":")
+    )
+
+
+def caps_from_json(raw: str | bytes) -> Caps:
+    """A runtime override of a user's caps, read back; ValueError when it is malformed.
+
+    Exactly the two keys, each a number or null: a value the gate cannot count is
+    never half-applied.
+    """
+    data = json.loads(raw)
+    if not isinstance(data, dict):
+        raise ValueError("a caps override is a JSON object")
+    caps = Caps.model_validate(data, strict=True)
+    caps_to_json(caps)
+    return caps
+
+
 def warn_threshold(cap: int | None, warn_at: float) -> int | None:
     """Spend from which a window's user is warned; None for no cap or a cap of 0."""
     if cap is None or cap == 0:

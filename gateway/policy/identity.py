@@ -61,6 +61,19 @@ class Identities:
             raise RedisUnavailable(f"identity lookup failed: {type(exc).__name__}") from None
         return None if found is None else _text(found)
 
+    async def link(self, channel: str, platform_user: str, user_id: str) -> str | None:
+        """Point a platform identity at `user_id` (one person on several channels); the id
+        it had before, if any. Its old agent and workspace stay with the old id."""
+        field = identity_field(channel, platform_user)
+        try:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.hget(IDENTITY_KEY, field)
+                pipe.hset(IDENTITY_KEY, field, user_id)
+                before, _ = await pipe.execute()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise RedisUnavailable(f"identity link failed: {type(exc).__name__}") from None
+        return None if before is None else _text(before)
+
     async def everyone(self) -> dict[str, list[str]]:
         """Every internal user id, with the platform identities ("channel:user") it has."""
         try:

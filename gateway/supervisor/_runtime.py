@@ -6,8 +6,12 @@ The docker SDK is blocking, so every call runs in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from datetime import datetime
+from typing import Any, Final, Protocol
 
 from gateway.errors import DependencyError
 from gateway.supervisor import _spec
@@ -28,9 +32,61 @@ class AgentContainer:
     """Its spec hash label (`_spec.LABEL_SPEC`); empty on containers made before it."""
 
 
+@dataclass(frozen=True, slots=True)
+class ContainerUsage:
+    """What one running container uses, as the engine last measured it."""
+
+    started_at: float | None
+    """Epoch seconds of its last start; None when the engine does not say."""
+    memory_bytes: int | None
+    """Memory in use, without the page cache the kernel may drop at will."""
+    memory_limit_bytes: int | None
+
+
+def memory_in_use(memory_stats: Mapping[str, Any]) -> int | None:
+    """A container's memory use from the engine's `memory_stats`, as `docker stats` shows it.
+
+    The raw usage counts file pages the kernel reclaims under pressure; those
+    inactive file pages are left out (`total_inactive_file` on cgroup v1,
+    `inactive_file` on v2).
+    """
+    usage = memory_stats.get("usage")
+    if not isinstance(usage, int):
+        return None
+    stats = memory_stats.get("stats") or {}
+    inactive = stats.get("total_inactive_file", stats.get("inactive_file", 0))
+    if isinstance(inactive, int) and 0 < inactive < usage:
+        return usage - inactive
+    return usage
+
+
+def engine_time(text: str) -> float | None:
+    """Epoch seconds of an engine timestamp ("2024-05-01T10:00:00.123456789Z"), None if unset."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return None
+    # The engine writes year 1 for "never".
+    return None if moment.year < 2000 else moment.timestamp()
+
+
+_USAGE_THREADS: Final = 4
+"""Engine calls measuring usage at once. The engine answers a stats request at its next
+one-second collection tick, so each call holds its thread for up to a second; they get
+their own threads so that starting and listing containers never wait behind them."""
+
+
 class Runtime(Protocol):
     @property
     def deployment(self) -> str: ...
+
+    async def engine_id(self) -> str:
+        """The engine's own id, stable across restarts; names this host's supervisor."""
+        ...
+
+    async def usage(self, container_id: str) -> ContainerUsage | None:
+        """What a running container uses now; None when it is gone."""
+        ...
 
     async def start(self, user_id: str, spec: dict[str, Any]) -> AgentContainer: ...
 
@@ -67,6 +123,10 @@ class DockerRuntime:
     def __init__(self, client: Any, deployment: str) -> None:
         self._client = client
         self.deployment = deployment
+        self._engine_id: str | None = None
+        self._started: dict[str, float | None] = {}
+        """Start time by container id: it never changes while the container lives."""
+        self._usage_threads: ThreadPoolExecutor | None = None
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         import docker.errors
@@ -97,6 +157,7 @@ class DockerRuntime:
         if existing is not None:
             # A stopped container of an older image or spec is replaced, never reused.
             await self._call(existing.remove, force=True)
+            self._started.pop(existing.id, None)
         container = await self._call(self._client.containers.create, **spec)
         await self._call(container.start)
         await self._call(container.reload)
@@ -111,6 +172,7 @@ class DockerRuntime:
         container = await self._find(user_id)
         if container is not None:
             await self._call(container.remove, force=True)
+            self._started.pop(container.id, None)
 
     async def get(self, user_id: str) -> AgentContainer | None:
         container = await self._find(user_id)
@@ -154,6 +216,47 @@ class DockerRuntime:
                 continue  # removed since the listing
             found.append(_describe(container))
         return found
+
+    async def engine_id(self) -> str:
+        if self._engine_id is None:
+            info = await self._call(self._client.info)
+            engine = str(info.get("ID") or "")
+            if not engine:
+                raise DependencyError("the Docker engine did not say its ID (docker info)")
+            self._engine_id = engine
+        return self._engine_id
+
+    def _measure(self, container_id: str) -> ContainerUsage | None:
+        """Runs in a usage thread: stats, and one inspection per container for its start."""
+        import docker.errors
+
+        api = self._client.api
+        try:
+            # one_shot: a single sample, not the two-sample average that takes 2 s.
+            stats = api.stats(container_id, stream=False, one_shot=True)
+            if container_id not in self._started:
+                state = api.inspect_container(container_id).get("State", {})
+                self._started[container_id] = engine_time(str(state.get("StartedAt", "")))
+        except docker.errors.NotFound:
+            self._started.pop(container_id, None)
+            return None
+        except docker.errors.DockerException as exc:
+            raise DependencyError(f"the Docker engine refused: {exc}") from None
+        memory = stats.get("memory_stats") or {}
+        limit = memory.get("limit")
+        return ContainerUsage(
+            started_at=self._started.get(container_id),
+            memory_bytes=memory_in_use(memory),
+            memory_limit_bytes=limit if isinstance(limit, int) and limit > 0 else None,
+        )
+
+    async def usage(self, container_id: str) -> ContainerUsage | None:
+        if self._usage_threads is None:
+            self._usage_threads = ThreadPoolExecutor(_USAGE_THREADS, "stockade-usage")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._usage_threads, functools.partial(self._measure, container_id)
+        )
 
     async def remove_workspace(self, user_id: str) -> None:
         import docker.errors

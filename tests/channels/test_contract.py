@@ -8,6 +8,7 @@ files) run for the harnesses that declare it; the rest run for all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import re
 import time
@@ -19,13 +20,12 @@ import redis.asyncio as aioredis
 
 from channels._shared import MediaPolicy, WebhookLimits, WebhookServer, run_channel
 from channels.base import ChannelContext
+from gateway.app import router as make_router
 from gateway.bus import IN_STREAM, Blobs, Bus, Deliveries, out_stream
-from gateway.commands import default_registry
+from gateway.controls import CONTROL_STREAM
 from gateway.envelope import Inbound, Outbound, decode_inbound
-from gateway.policy import Identities
-from gateway.router import Router
 from gateway.sanitize import sanitize
-from gateway.settings import BusSettings
+from gateway.settings import AccessSettings, BusSettings, ChannelAccess, Settings
 from tests.channels.contract import Event, Harness
 
 NAMES: Final = ("console", "telegram", "slack", "whatsapp", "discord", "matrix")
@@ -116,6 +116,12 @@ async def one_inbound(running: Harness, redis: aioredis.Redis, event: Event) -> 
     return (await wait_for_entries(redis, before + 1))[-1]
 
 
+def routing_settings(channel: str, admins: tuple[str, ...] = ()) -> Settings:
+    """The real router's settings: the channel open to everyone, `admins` its operators."""
+    policy = ChannelAccess(dm_policy="open", admins=admins)
+    return Settings(bus=SETTINGS, access=AccessSettings(**{channel: policy}))
+
+
 def clean(value: str) -> bool:
     return not any(char in value for char in HOSTILE) and sanitize(value) == value
 
@@ -187,7 +193,7 @@ async def test_formatting_survives_the_trip_to_the_platform(
 async def test_a_duplicate_delivery_produces_one_envelope_and_one_reply(
     running: Harness, redis: aioredis.Redis
 ) -> None:
-    router = Router(Bus(redis, SETTINGS), Identities(redis), default_registry())
+    router = make_router(redis, routing_settings(running.name))
     routing = asyncio.create_task(router.run("r1"))
     try:
         event_id = await running.deliver(Event("/help"))
@@ -234,3 +240,68 @@ def test_every_harness_declares_only_known_features() -> None:
         module = importlib.import_module(f"tests.channels.{name}.harness")
         assert _features(module) <= FEATURES, name
         assert re.fullmatch(r"[a-z]+", name)
+
+
+async def command_reply(running: Harness, text: str) -> str:
+    before = len(running.sent())
+    await running.deliver(Event(text))
+    await until(lambda: len(running.sent()) > before)
+    return running.sent()[-1].text
+
+
+async def command_control(running: Harness, redis: aioredis.Redis, text: str) -> None:
+    before = await redis.xlen(CONTROL_STREAM)
+    await running.deliver(Event(text))
+    async with asyncio.timeout(10):
+        while await redis.xlen(CONTROL_STREAM) == before:
+            await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def routed(redis: aioredis.Redis, settings: Settings) -> AsyncIterator[None]:
+    routing = asyncio.create_task(make_router(redis, settings).run("r1"))
+    try:
+        yield
+    finally:
+        routing.cancel()
+        await asyncio.gather(routing, return_exceptions=True)
+
+
+@each()
+async def test_every_command_answers_an_admin_and_refuses_a_user(
+    running: Harness, redis: aioredis.Redis
+) -> None:
+    # The sender's platform id, as the adapter reports it, is made an admin of the channel.
+    probe = await one_inbound(running, redis, Event("hello"))
+    me = f"{probe.channel}:{probe.sender_id}"
+    admin_only = {
+        "/status": "Roles:",
+        "/agents": "No agent has a container",
+        "/pair": "No pairing requests",
+        f"/allow {probe.channel}:other": "may talk",
+        f"/budget {me}": "Spending of",
+        f"/model {me}": "uses default",
+        f"/deny {probe.channel}:other": "kept out",
+        "/audit 1": "deny",
+    }
+    sends_control = (f"/kill {me}", "/pause all", "/resume all")
+    await redis.xtrim(IN_STREAM, maxlen=0)  # the probe is not routed
+    async with routed(redis, routing_settings(running.name, admins=(probe.sender_id,))):
+        assert "Role: admin" in await command_reply(running, "/whoami")
+        for line, expected in admin_only.items():
+            assert expected in await command_reply(running, line), line
+        for line in sends_control:
+            await command_control(running, redis, line)
+        assert "/kill" in await command_reply(running, "/help")
+        assert "Usage: /kill USER" in await command_reply(running, "/kill")
+    controls = await redis.xlen(CONTROL_STREAM)
+    async with routed(redis, routing_settings(running.name)):
+        assert "Role: user" in await command_reply(running, "/whoami")
+        for line in [*admin_only, *sends_control]:
+            assert "for operators only" in await command_reply(running, line), line
+        user_help = await command_reply(running, "/help")
+        assert "/reset" in user_help and "/kill" not in user_help
+        assert "spending" in (await command_reply(running, "/usage")).lower()
+        assert "reset confirm" in await command_reply(running, "/reset")
+        await command_control(running, redis, "/stop")
+    assert await redis.xlen(CONTROL_STREAM) == controls + 1

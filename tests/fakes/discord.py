@@ -173,6 +173,7 @@ class FakeDiscord:
         attachments: list[dict[str, Any]] | None = None,
         referenced: dict[str, Any] | None = None,
         message_id: str = "",
+        webhook_id: str = "",
     ) -> str:
         """Dispatch a MESSAGE_CREATE (held for RESUME while disconnected); its id."""
         ident = message_id or self.snowflake()
@@ -198,6 +199,8 @@ class FakeDiscord:
         if referenced:
             data["referenced_message"] = referenced
             data["message_reference"] = {"message_id": referenced["id"], "channel_id": channel_id}
+        if webhook_id:
+            data["webhook_id"] = webhook_id
         await self.dispatch("MESSAGE_CREATE", data)
         return ident
 

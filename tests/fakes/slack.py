@@ -92,11 +92,13 @@ def message_event(
     subtype: str = "",
     files: list[dict[str, Any]] | None = None,
     bot_id: str = "",
+    username: str = "",
 ) -> dict[str, Any]:
-    """A `message` (or, with kind="app_mention", a mention) event; `text` already on the wire."""
+    """A `message` (or, with kind="app_mention", a mention) event; `text` already on the wire.
+
+    An empty `user` leaves the field out, as in a "bot_message" from an integration."""
     event: dict[str, Any] = {
         "type": kind,
-        "user": user,
         "text": text,
         "ts": ts,
         "channel": channel,
@@ -110,8 +112,12 @@ def message_event(
         event["subtype"] = subtype
     if files:
         event["files"] = files
+    if user:
+        event["user"] = user
     if bot_id:
         event["bot_id"] = bot_id
+    if username:
+        event["username"] = username
     return event
 
 

@@ -7,14 +7,16 @@ import dataclasses
 
 import redis.asyncio as aioredis
 
+from gateway.app import router as make_router
 from gateway.bus import IN_STREAM, WAKE_STREAM, Bus, agent_stream, out_stream
-from gateway.commands import default_registry
 from gateway.envelope import Inbound, Outbound, decode_inbound, decode_outbound, encode
 from gateway.policy import Identities
-from gateway.router import ROUTER_GROUP, Router
-from gateway.settings import BusSettings
+from gateway.router import ROUTER_GROUP
+from gateway.settings import AccessSettings, BusSettings, ChannelAccess, Settings
 
 SETTINGS = BusSettings(claim_idle_ms=100, max_deliveries=2, block_ms=50)
+OPEN = ChannelAccess(dm_policy="open")
+ROUTING = Settings(bus=SETTINGS, access=AccessSettings(telegram=OPEN, slack=OPEN))
 
 
 def message(text: str, event_id: str, sender: str = "7", channel: str = "telegram") -> Inbound:
@@ -32,7 +34,7 @@ def message(text: str, event_id: str, sender: str = "7", channel: str = "telegra
 async def route_all(client: aioredis.Redis) -> None:
     """Run a router until every inbound entry is routed and acknowledged."""
     bus = Bus(client, SETTINGS)
-    router = Router(bus, Identities(client), default_registry())
+    router = make_router(client, ROUTING)
     task = asyncio.create_task(router.run("r1"))
     try:
         async with asyncio.timeout(10):

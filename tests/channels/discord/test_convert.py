@@ -74,12 +74,46 @@ def test_a_thread_is_its_own_conversation_and_thread() -> None:
     assert result.conversation_id == result.thread_id == "77"
 
 
-def test_bots_ourselves_webhooks_and_system_messages_are_ignored() -> None:
-    assert not convert.is_for_us(parsed(author={"id": "5", "bot": True}), BOT)
+def test_our_own_and_system_messages_are_ignored() -> None:
+    assert not convert.is_for_us(parsed(author={"id": BOT, "bot": True}), BOT)
     assert not convert.is_for_us(parsed(author={"id": BOT}), BOT)
-    assert not convert.is_for_us(parsed(webhook_id="8"), BOT)
+    # An interaction follow-up is posted by our application's webhook, as ourselves.
+    assert not convert.is_for_us(parsed(author={"id": BOT, "bot": True}, webhook_id=BOT), BOT)
     assert not convert.is_for_us(parsed(type=7), BOT)  # a member joined
+    assert not convert.is_for_us(parsed(author={"id": "643945264868098049", "system": True}), BOT)
     assert convert.is_for_us(parsed(), BOT)
+
+
+def test_another_bots_message_is_kept_and_marked_from_bot() -> None:
+    other = parsed("beep", author={"id": "5", "username": "otherbot", "bot": True})
+    assert convert.is_for_us(other, BOT)
+    env = inbound(other)
+    assert env.from_bot
+    assert (env.sender_id, env.sender_name, env.text) == ("5", "otherbot", "beep")
+
+
+def test_a_webhook_message_is_kept_and_marked_from_bot() -> None:
+    hook = parsed(
+        "deployed", author={"id": "8", "username": "Deploys", "bot": True}, webhook_id="8"
+    )
+    assert convert.is_for_us(hook, BOT)
+    assert inbound(hook).from_bot
+    # The webhook flag alone marks it, whatever the stand-in author says.
+    assert inbound(parsed("x", author={"id": "8", "username": "Deploys"}, webhook_id="8")).from_bot
+
+
+def test_a_persons_message_is_not_from_a_bot() -> None:
+    assert not inbound(parsed()).from_bot
+
+
+def test_a_bots_message_is_dropped_while_our_own_id_is_unknown() -> None:
+    assert not convert.is_for_us(parsed(author={"id": "5", "bot": True}), "")
+    assert not convert.is_for_us(parsed(webhook_id="8"), "")
+    assert convert.is_for_us(parsed(), "")
+
+
+def test_a_bots_system_message_is_still_ignored() -> None:
+    assert not convert.is_for_us(parsed(author={"id": "5", "bot": True}, type=7), BOT)
 
 
 def test_a_message_without_ids_is_not_parsed() -> None:

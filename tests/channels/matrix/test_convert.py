@@ -145,3 +145,12 @@ def test_homeserver_errors_map_onto_the_error_tree() -> None:
     assert isinstance(convert.send_error("M_UNKNOWN", "boom", None, 502), PlatformUnavailable)
     refused = convert.send_error("M_FORBIDDEN", "no", None, 403)
     assert type(refused) is PlatformError
+
+
+def test_a_message_is_never_marked_from_bot_for_matrix_has_no_bot_flag() -> None:
+    message = convert.parse_message(event({"msgtype": "m.text", "body": "hi"}, "@otherbot:l"))
+    assert message is not None
+    inbound = convert.to_inbound(
+        message, convert.Room("!r", "", 3), sender_name="", mentioned=False, received_at=0
+    )
+    assert not inbound.from_bot

@@ -214,6 +214,44 @@ async def test_the_bots_own_messages_and_edits_are_acked_and_dropped(
     assert await redis.xlen(IN_STREAM) == 1
 
 
+async def test_other_bots_messages_arrive_marked_from_bot_and_our_own_do_not(
+    redis: aioredis.Redis,
+) -> None:
+    async with socket_mode(redis) as (harness, bus):
+        fake = harness.fake
+        fake.users["U0OTHER"] = "Other bot"
+        events = [
+            message_event("mine", user=BOT_USER_ID, channel="D1", ts=fake.next_ts(), bot_id=BOT_ID),
+            message_event(
+                "hooked",
+                user="",
+                channel="D1",
+                ts=fake.next_ts(),
+                bot_id=BOT_ID,
+                subtype="bot_message",
+            ),
+            message_event("beep", user="U0OTHER", channel="D1", ts=fake.next_ts(), bot_id="B0O"),
+            message_event(
+                "deployed",
+                user="",
+                channel="D1",
+                ts=fake.next_ts(),
+                bot_id="B0HOOK",
+                subtype="bot_message",
+                username="Deploy",
+            ),
+        ]
+        for number, event in enumerate(events):
+            envelope = await fake.send_envelope("events_api", event_callback(event, f"EvB{number}"))
+            await fake.wait_for_ack(envelope)
+        got = await inbounds(bus, 2)
+    assert [(i.text, i.sender_id, i.sender_name, i.from_bot) for i in got] == [
+        ("beep", "U0OTHER", "Other bot", True),
+        ("deployed", "B0HOOK", "Deploy", True),
+    ]
+    assert await redis.xlen(IN_STREAM) == 2
+
+
 async def test_a_slash_command_is_published_as_its_command_line_and_acked_empty(
     redis: aioredis.Redis,
 ) -> None:

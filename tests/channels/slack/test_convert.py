@@ -12,6 +12,7 @@ from gateway.errors import PlatformError, PlatformUnavailable, RateLimited
 from tests.fakes.slack import BOT_ID, BOT_USER_ID, event_callback, message_event, slash_command
 
 HOSTILE = "\u202e\u200b\U000e0041\ud800"
+OWN = convert.BotIdentity(user_id=BOT_USER_ID, bot_id=BOT_ID)
 
 
 def parsed(event: dict[str, Any], event_id: str = "Ev1") -> convert.SlackMessage:
@@ -54,7 +55,7 @@ def assert_clean(text: str) -> None:
 
 def test_a_direct_message_becomes_a_direct_inbound() -> None:
     message = dm("hello")
-    assert convert.is_for_us(message, BOT_USER_ID)
+    assert convert.is_for_us(message, OWN)
     inbound = inbound_of(message)
     assert inbound.channel == "slack" and inbound.event_id == "Ev1"
     assert inbound.text == "hello"
@@ -66,7 +67,7 @@ def test_a_direct_message_becomes_a_direct_inbound() -> None:
 
 def test_a_channel_mention_loses_the_leading_mention_and_starts_a_thread() -> None:
     message = mention("what is up?")
-    assert convert.is_for_us(message, BOT_USER_ID)
+    assert convert.is_for_us(message, OWN)
     inbound = inbound_of(message)
     assert inbound.text == "what is up?"
     assert inbound.mentioned and not inbound.is_direct
@@ -83,13 +84,72 @@ def test_a_channel_message_without_a_mention_is_not_for_the_bot() -> None:
     chatter = parsed(
         message_event("hi all", user="U1", channel="C1", ts="1.0", channel_type="channel")
     )
-    assert not convert.is_for_us(chatter, BOT_USER_ID)
+    assert not convert.is_for_us(chatter, OWN)
 
 
-def test_bot_messages_are_not_for_the_bot() -> None:
-    assert not convert.is_for_us(dm("echo", bot_id=BOT_ID), BOT_USER_ID)
+def test_our_own_messages_are_never_for_the_bot() -> None:
+    assert not convert.is_for_us(dm("echo", bot_id=BOT_ID), OWN)
     own = parsed(message_event("mine", user=BOT_USER_ID, channel="D1", ts="1.0"))
-    assert not convert.is_for_us(own, BOT_USER_ID)
+    assert not convert.is_for_us(own, OWN)
+    both = parsed(message_event("x", user=BOT_USER_ID, channel="D1", ts="1.0", bot_id=BOT_ID))
+    assert not convert.is_for_us(both, OWN)
+    hook = parsed(
+        message_event("x", user="", channel="D1", ts="1.0", bot_id=BOT_ID, subtype="bot_message")
+    )
+    assert not convert.is_for_us(hook, OWN)
+
+
+def test_another_apps_bot_user_message_is_for_the_bot_and_marked_from_bot() -> None:
+    message = dm("beep", bot_id="B0OTHER")
+    assert convert.is_for_us(message, OWN)
+    inbound = inbound_of(message, sender="Other bot")
+    assert inbound.from_bot
+    assert inbound.sender_id == "U1" and inbound.sender_name == "Other bot"
+
+
+def test_an_integrations_bot_message_without_a_user_is_keyed_by_its_bot_id() -> None:
+    event = message_event(
+        "deployed", user="", channel="D1", ts="1.0", subtype="bot_message", bot_id="B0HOOK"
+    )
+    event["username"] = f"Deploy{HOSTILE}"
+    message = parsed(event)
+    assert convert.is_for_us(message, OWN)
+    inbound = inbound_of(message, sender="")
+    assert inbound.from_bot
+    assert inbound.sender_id == "B0HOOK"
+    assert inbound.sender_name.startswith("Deploy")
+    assert_clean(inbound.sender_name)
+
+
+def test_a_bot_message_falls_back_to_its_bot_profile_name_then_its_id() -> None:
+    event = message_event("x", user="", channel="C1", ts="1.0", kind="app_mention")
+    event["bot_id"] = "B0APP"
+    event["bot_profile"] = {"id": "B0APP", "name": "Helper"}
+    assert inbound_of(parsed(event), sender="").sender_name == "Helper"
+    nameless = message_event("x", user="", channel="D1", ts="1.0", bot_id="B0APP")
+    assert inbound_of(parsed(nameless), sender="").sender_name == "B0APP"
+
+
+def test_a_bot_message_subtype_without_a_bot_id_is_still_from_a_bot() -> None:
+    message = dm("x", subtype="bot_message")
+    assert convert.is_for_us(message, OWN)
+    assert inbound_of(message).from_bot
+
+
+def test_a_persons_message_is_not_from_a_bot() -> None:
+    assert not inbound_of(dm("hello")).from_bot
+    assert not inbound_of(mention("hello")).from_bot
+
+
+def test_a_bot_message_with_neither_user_nor_bot_id_is_not_for_the_bot() -> None:
+    anonymous = parsed(message_event("x", user="", channel="D1", ts="1.0", subtype="bot_message"))
+    assert not convert.is_for_us(anonymous, OWN)
+
+
+def test_without_a_known_identity_a_persons_message_is_kept_and_a_bots_dropped() -> None:
+    unknown = convert.BotIdentity(user_id="", bot_id="")
+    assert convert.is_for_us(dm("x"), unknown)
+    assert not convert.is_for_us(dm("x", bot_id="B0OTHER"), unknown)
 
 
 @pytest.mark.parametrize(
@@ -101,11 +161,12 @@ def test_bot_messages_are_not_for_the_bot() -> None:
         ("message_changed", False),
         ("message_deleted", False),
         ("channel_join", False),
-        ("bot_message", False),
+        ("bot_message", True),
+        ("me_message", False),
     ],
 )
-def test_only_messages_a_person_wrote_are_for_the_bot(subtype: str, wanted: bool) -> None:
-    assert convert.is_for_us(dm("x", subtype=subtype), BOT_USER_ID) is wanted
+def test_only_new_messages_are_for_the_bot(subtype: str, wanted: bool) -> None:
+    assert convert.is_for_us(dm("x", subtype=subtype), OWN) is wanted
 
 
 def test_other_event_types_and_malformed_callbacks_are_not_parsed() -> None:

@@ -155,6 +155,21 @@ async def test_start_registers_the_commands_and_leaves_webhook_mode(
     assert methods[:4] == ["getMe", "setMyCommands", "deleteWebhook", "getUpdates"]
 
 
+async def test_another_bots_message_arrives_marked_from_bot_and_the_bots_own_does_not(
+    fake: FakeTelegram, redis: aioredis.Redis
+) -> None:
+    channel = build(polling(fake), make_context(redis))
+    other = tg.user(9, "Other", "", "otherbot", is_bot=True)
+    async with running(channel, redis):
+        fake.add_update(fake.group_message("my own answer", sender=tg.bot_user()))
+        fake.add_update(fake.group_message("beep", sender=other))
+        fake.add_update(fake.group_message("hello"))
+        # Updates are taken in order, so the person's message arriving means all were seen.
+        envelopes = await inbound(redis, count=2)
+    assert [(e.sender_id, e.from_bot) for e in envelopes] == [("9", True), ("1001", False)]
+    assert not any("my own answer" in e.text for e in envelopes)
+
+
 async def _accept(inbound: Inbound) -> Admission:
     return Admission.ACCEPTED
 

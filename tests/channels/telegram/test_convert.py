@@ -204,11 +204,24 @@ def test_updates_other_than_new_messages_are_ignored(kind: str) -> None:
     assert inbound(message("changed"), kind=kind) is None
 
 
-def test_a_message_from_a_bot_is_ignored() -> None:
-    assert (
-        inbound(message("beep", **{"from": tg.user(9, "Other", "", "otherbot", is_bot=True)}))
-        is None
-    )
+def test_a_message_from_another_bot_is_kept_and_marked_from_bot() -> None:
+    other = tg.user(9, "Other", "", "otherbot", is_bot=True)
+    env = must(group("beep", **{"from": other}))
+    assert env.from_bot
+    assert (env.sender_id, env.sender_name, env.text) == ("9", "Other", "beep")
+
+
+def test_a_message_from_a_person_is_not_from_a_bot() -> None:
+    assert not must(message("hello")).from_bot
+
+
+def test_the_bots_own_message_is_ignored() -> None:
+    assert inbound(group("my own answer", **{"from": tg.bot_user()})) is None
+
+
+def test_the_bots_own_id_is_ignored_even_without_the_bot_flag() -> None:
+    own = tg.user(tg.BOT_ID, "Stockade", "", tg.BOT_USERNAME, is_bot=False)
+    assert inbound(message("echo", **{"from": own})) is None
 
 
 @pytest.mark.parametrize(
