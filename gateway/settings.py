@@ -370,6 +370,8 @@ class WebhookSettings(_Part):
     max_body_bytes: int = Field(default=1_048_576, ge=1_024, le=64 * 1_048_576)
     per_peer_per_s: float = Field(default=50.0, gt=0)
     per_peer_burst: int = Field(default=200, ge=1)
+    """Refused requests (bad signature, too large) one address may send; verified ones
+    are not counted here (senders are limited by `ingress` after parsing)."""
     trust_forwarded_for: bool = False
     """Rate-limit by X-Forwarded-For; only behind a proxy that sets it."""
 

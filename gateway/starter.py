@@ -134,7 +134,8 @@ port = 8480
 # The scheme and host platforms call, as seen from outside the proxy. Twilio signs it.
 # public_url = "https://bot.example.org"
 max_body_bytes = 1048576
-# Requests per second (and burst) from one address before 429.
+# Refused requests (bad signature, too large) per second and burst from one address
+# before 429; verified requests are limited per sender by [channels.ingress] instead.
 per_peer_per_s = 50.0
 per_peer_burst = 200
 # Take the address from X-Forwarded-For: only behind a proxy that sets it.

@@ -46,5 +46,13 @@ class RateLimiter:
                 self._buckets.popitem(last=False)
         return allowed
 
+    def has_token(self, key: str) -> bool:
+        """Whether `key` could take a token now, without taking it."""
+        found = self._buckets.get(key)
+        if found is None:
+            return True
+        tokens, at = found
+        return tokens + (self._clock() - at) * self._rate >= 1.0
+
     def __len__(self) -> int:
         return len(self._buckets)

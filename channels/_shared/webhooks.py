@@ -1,11 +1,17 @@
 """The one HTTP server every webhook-mode channel shares (aiohttp).
 
 Each adapter mounts a `Webhook` at its path while its `receive` runs. For every
-request the server, in this order: finds the mount (404), limits the peer's rate
-(429), reads the body up to `max_body_bytes` (413), asks the mount's `verify` about
-the raw bytes and headers (403) and only then lets `handle` parse it. So a forged
-or oversized request is refused before anything is parsed or enqueued. A handler
-that fails answers 500, which platforms retry; deduplication makes that safe.
+request the server, in this order: finds the mount (404), refuses a peer that has
+used up its allowance of refused requests (429), reads the body up to
+`max_body_bytes` (413), asks the mount's `verify` about the raw bytes and headers
+(403) and only then lets `handle` parse it. So a forged or oversized request is
+refused before anything is parsed or enqueued. A handler that fails answers 500,
+which platforms retry; deduplication makes that safe.
+
+Only refused requests (413, 403) draw on a peer's allowance. A platform sends every
+user's updates from a few addresses, so limiting its verified requests per address
+would let one flooding user get everyone else's messages refused; senders are
+limited one by one after parsing (`channels.ingress`, in the runner).
 """
 
 from __future__ import annotations
@@ -149,20 +155,25 @@ class WebhookServer:
         if mount is None or request.method not in _ALLOWED_METHODS:
             return web.Response(status=404, text="not found")
         peer = self._peer(request)
-        if not self._peers.allow(peer):
-            log.warning("%s webhook: %s is over its request rate; answered 429", mount.name, peer)
+        if not self._peers.has_token(peer):
+            log.warning(
+                "%s webhook: %s sent too many refused requests; answered 429", mount.name, peer
+            )
             return web.Response(status=429, text="too many requests", headers={"Retry-After": "1"})
         declared = request.content_length
         if declared is not None and declared > self._limits.max_body_bytes:
+            self._peers.allow(peer)
             return _too_large(mount, peer, declared)
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
+            self._peers.allow(peer)
             return _too_large(mount, peer, None)
         incoming = WebhookRequest(
             url=self._url(request), path=request.path, headers=request.headers, body=body, peer=peer
         )
         if not mount.verify(incoming):
+            self._peers.allow(peer)
             # Nothing of the request is logged: it is unauthenticated input.
             log.warning(
                 "%s webhook: bad or missing signature from %s; answered 403", mount.name, peer

@@ -5,7 +5,8 @@ stockade:access:denied                  set of internal user ids kept out (/deny
 stockade:access:paused(-all)            see gateway.controls
 stockade:access:paused-notice:<user>    SET NX: the user was told their agent is paused
 stockade:pairing                        hash code -> JSON `Pending`
-stockade:loop:<conv hash>:<minute>      INCR: messages of a conversation in one minute
+stockade:loop:<conv hash>:<minute>      INCR: messages of a conversation in one clock minute
+                                        (the guard weighs the one before: a sliding minute)
 stockade:loop:paused:<conv hash>        SET EX: the loop guard paused this conversation
 """
 
@@ -51,6 +52,10 @@ end
 paused = paused + redis.call('EXISTS', KEYS[5])
 local count = redis.call('INCR', KEYS[6])
 if count == 1 then redis.call('EXPIRE', KEYS[6], 120) end
+-- A sliding minute: the previous minute's count, weighted by how much of it still
+-- lies within the last 60 s, plus this minute's.
+local before = tonumber(redis.call('GET', KEYS[8]) or '0')
+count = count + math.floor(before * (1 - tonumber(ARGV[2])))
 local held = redis.call('EXISTS', KEYS[7])
 return {uid, allowed, denied, paused, count, held}
 """
@@ -135,7 +140,8 @@ class AccessStore:
 
     async def standing(self, inbound: Inbound) -> Standing:
         conv = conversation_key(inbound.channel, inbound.conversation_id)
-        minute = int(self._clock() // 60)
+        now = self._clock()
+        minute = int(now // 60)
         keys = [
             IDENTITY_KEY,
             ALLOWED_KEY,
@@ -144,10 +150,12 @@ class AccessStore:
             PAUSED_ALL_KEY,
             f"{_LOOP_PREFIX}{conv}:{minute}",
             f"{_LOOP_PREFIX}paused:{conv}",
+            f"{_LOOP_PREFIX}{conv}:{minute - 1}",
         ]
+        elapsed = repr((now % 60) / 60)
         try:
             reply = await self._standing(
-                keys=keys, args=[identity_field(inbound.channel, inbound.sender_id)]
+                keys=keys, args=[identity_field(inbound.channel, inbound.sender_id), elapsed]
             )
         except _UNAVAILABLE as exc:
             raise RedisUnavailable(f"access lookup failed: {type(exc).__name__}") from None

@@ -51,7 +51,8 @@ class Standing:
     paused: bool = False
     """Their agent is paused (alone or with everyone)."""
     conversation_count: int = 0
-    """Messages in this conversation during the current minute, this one included."""
+    """Messages in this conversation during the last 60 s (a sliding estimate), this one
+    included."""
     conversation_paused: bool = False
     """The loop guard paused this conversation."""
 

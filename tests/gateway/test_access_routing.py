@@ -235,3 +235,17 @@ async def test_an_admin_linked_to_another_channel_is_not_admin_there(redis: aior
     on_slack = await answer(redis, config, dm("U1", "/whoami", channel="slack"))
     assert f"You are {admin}" in on_slack and "Role: user." in on_slack
     assert "for operators only" in await answer(redis, config, dm("U1", "/status", channel="slack"))
+
+
+async def test_the_loop_guard_counts_a_sliding_minute_not_the_clock_minute(
+    redis: aioredis.Redis,
+) -> None:
+    now = [6_000.0 + 50]  # 50 s into a clock minute
+    store = AccessStore(redis, AccessSettings(), clock=lambda: now[0])
+    for n in range(20):
+        await store.standing(dm("77", f"m{n}", conversation_id="room"))
+    now[0] += 15  # 5 s into the next minute: the 20 before still count
+    standing = await store.standing(dm("77", "next", conversation_id="room"))
+    assert standing.conversation_count == 1 + 20 * 55 // 60
+    now[0] += 60  # a minute later: they no longer count
+    assert (await store.standing(dm("77", "later", conversation_id="room"))).conversation_count == 1
