@@ -416,5 +416,5 @@ async def test_a_stranger_pairs_an_admin_approves_and_kills_their_agent(
             status, out = await _cli(gateway, "audit", "verify")
             assert status == 0 and "audit log intact" in out, out
             status, out = await _cli(gateway, "audit", "tail")
-            for action in ("pair.request", "pair.approve", "kill", "command.denied"):
+            for action in ("pair.request", "pair.approve", "kill", "kill.done", "command.denied"):
                 assert f" {action} " in out, out

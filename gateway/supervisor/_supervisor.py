@@ -25,6 +25,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway._aio import raise_if_cancelling
+from gateway.audit import AuditLog
 from gateway.bus import WAKE_STREAM, Bus, Delivery, agent_stream, out_stream
 from gateway.controls import EVERYONE, PAUSED_ALL_KEY, PAUSED_KEY, Control
 from gateway.envelope import Inbound, Outbound
@@ -101,6 +102,7 @@ class Supervisor:
         self._image = image
         self._settings = settings
         self._clock = clock
+        self._audit = AuditLog(client)
         self._kick = asyncio.Event()
         self._restarts: dict[str, tuple[int, float]] = {}
         self._running: frozenset[str] = frozenset()
@@ -401,6 +403,15 @@ class Supervisor:
         return outcome
 
     async def _report(self, control: Control, outcome: _control.Outcome) -> None:
+        if outcome.removed or outcome.turn_ended:
+            # What was really done on this host, beside the request the router audited.
+            detail = f"{outcome.removed} removed, turn ended: {outcome.turn_ended}"
+            await self._audit.append(
+                control.by,
+                f"{control.action}.done",
+                control.user,
+                f"{detail}; request {control.request_id}",
+            )
         text = _control.notice(control, outcome)
         if not control.notify_channel or not text:
             return

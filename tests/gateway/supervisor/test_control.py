@@ -12,6 +12,7 @@ from typing import Any
 import docker.errors
 import pytest
 
+from gateway.audit import AuditLog
 from gateway.controls import (
     CONTROL_STREAM,
     EVERYONE,
@@ -177,6 +178,9 @@ async def test_kill_removes_the_container_and_the_next_message_starts_a_fresh_on
     reported = await notice_for(stack, kill)
     assert reported.text == f"Stopped the agent of {user}; it starts again on their next message."
     assert reported.conversation_id == "admin-chat"
+    [done] = await AuditLog(stack.client).tail(1)
+    assert (done.action, done.target, done.actor) == ("kill.done", user, kill.by)
+    assert done.detail.startswith("1 removed")
 
     await stack.say(user, "again")
     assert await running(docker_engine, user) != first
