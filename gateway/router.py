@@ -113,15 +113,14 @@ class Router:
         if loop_guard_trips(standing, guard.per_conversation_per_min):
             await self._hold(delivery, inbound)
             return
-        targets: list[tuple[str, Envelope]] = [(agent_stream(user_id), inbound)]
-        if standing.paused:
-            # Kept in the user's stream for when the agent resumes; no wake meanwhile.
-            if await self._access.first_paused_notice(user_id):
-                targets.append(
-                    (out_stream(inbound.channel), reply(inbound, paused_text(), "paused"))
-                )
-        else:
-            targets.append((WAKE_STREAM, inbound))
+        # While paused, the message waits in the user's stream and the wake only marks
+        # them wanted: the supervisors start no paused agent, and start it on /resume.
+        targets: list[tuple[str, Envelope]] = [
+            (agent_stream(user_id), inbound),
+            (WAKE_STREAM, inbound),
+        ]
+        if standing.paused and await self._access.first_paused_notice(user_id):
+            targets.append((out_stream(inbound.channel), reply(inbound, paused_text(), "paused")))
         await self._bus.forward_many(delivery, targets)
 
     async def _command(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable
 from decimal import Decimal, InvalidOperation
-from typing import Final
+from typing import Final, Literal
 
 from gateway.audit import render as render_audit
 from gateway.commands._fleet import Fleet, actor_detail, control, target
@@ -142,34 +142,22 @@ def _pair(fleet: Fleet, send: Reply) -> Command:
     return Command("pair", "list, approve or deny pairing requests", usage, run, admin_only=True)
 
 
-def _pause(fleet: Fleet) -> Command:
-    usage = "pause USER|all"
+def _pausing(fleet: Fleet, action: Literal["pause", "resume"], summary: str) -> Command:
+    """/pause and /resume: the lists change at once, then the supervisors act and report."""
+    usage = f"{action} USER|all"
 
     async def run(context: CommandContext, args: tuple[str, ...]) -> str:
         arg = _one(args, usage)
         user = EVERYONE if arg.lower() == "all" else await target(fleet, arg, usage)
-        await fleet.access.pause(user)
-        await fleet.audit.append(context.user_id, "pause", user, actor_detail(context))
-        await control(fleet, context, "pause", user)
+        if action == "pause":
+            await fleet.access.pause(user)
+        else:
+            await fleet.access.resume(user)
+        await fleet.audit.append(context.user_id, action, user, actor_detail(context))
+        await control(fleet, context, action, user)
         return ""
 
-    return Command(
-        "pause", "stop an agent (or all) until resumed; messages wait", usage, run, admin_only=True
-    )
-
-
-def _resume(fleet: Fleet) -> Command:
-    usage = "resume USER|all"
-
-    async def run(context: CommandContext, args: tuple[str, ...]) -> str:
-        arg = _one(args, usage)
-        user = EVERYONE if arg.lower() == "all" else await target(fleet, arg, usage)
-        await fleet.access.resume(user)
-        await fleet.audit.append(context.user_id, "resume", user, actor_detail(context))
-        await control(fleet, context, "resume", user)
-        return ""
-
-    return Command("resume", "let paused agents run again", usage, run, admin_only=True)
+    return Command(action, summary, usage, run, admin_only=True)
 
 
 def _kill(fleet: Fleet) -> Command:
@@ -267,8 +255,8 @@ def admin_commands(fleet: Fleet, send: Reply) -> list[Command]:
         _allow(fleet),
         _deny(fleet),
         _pair(fleet, send),
-        _pause(fleet),
-        _resume(fleet),
+        _pausing(fleet, "pause", "stop an agent (or all) until resumed; messages wait"),
+        _pausing(fleet, "resume", "let paused agents run again"),
         _kill(fleet),
         _model(fleet),
         _budget(fleet),

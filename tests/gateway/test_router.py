@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 
 import redis.asyncio as aioredis
 
-from gateway.app import router as make_router
 from gateway.bus import IN_STREAM, WAKE_STREAM, Bus, agent_stream, out_stream
 from gateway.envelope import Inbound, Outbound, decode_inbound, decode_outbound, encode
 from gateway.policy import Identities
 from gateway.router import ROUTER_GROUP
 from gateway.settings import AccessSettings, BusSettings, ChannelAccess, Settings
+from tests.gateway.routing import route
 
 SETTINGS = BusSettings(claim_idle_ms=100, max_deliveries=2, block_ms=50)
 OPEN = ChannelAccess(dm_policy="open")
@@ -33,16 +32,7 @@ def message(text: str, event_id: str, sender: str = "7", channel: str = "telegra
 
 async def route_all(client: aioredis.Redis) -> None:
     """Run a router until every inbound entry is routed and acknowledged."""
-    bus = Bus(client, SETTINGS)
-    router = make_router(client, ROUTING)
-    task = asyncio.create_task(router.run("r1"))
-    try:
-        async with asyncio.timeout(10):
-            while await bus.lag(IN_STREAM, ROUTER_GROUP) > 0:
-                await asyncio.sleep(0.01)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    await route(client, ROUTING)
 
 
 async def test_a_command_is_answered_and_never_reaches_an_agent(redis: aioredis.Redis) -> None:
