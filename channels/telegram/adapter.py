@@ -108,12 +108,14 @@ class TelegramChannel:
             logging.getLogger(name).addFilter(_Redact(token))
         api_base = settings.api_base.rstrip("/")
         self._file_prefix = f"{api_base}/file/bot"
+        self._poller = AiohttpRequest()
+        self._updates_url = f"{api_base}/bot{token}/getUpdates"
         self._bot = Bot(
             token,
             base_url=f"{api_base}/bot",
             base_file_url=self._file_prefix,
             request=HTTPXRequest(connection_pool_size=16),
-            get_updates_request=AiohttpRequest(),
+            get_updates_request=self._poller,  # so the Bot opens and closes it
         )
         self._identity: convert.BotIdentity | None = None
         self._ready_lock = asyncio.Lock()
@@ -189,12 +191,12 @@ class TelegramChannel:
         backoff, outage = BACKOFF_MIN_S, False
         while True:
             try:
-                updates = await self._bot.get_updates(
+                raw = await self._poller.updates(
+                    self._updates_url,
                     offset=offset,
-                    timeout=self._settings.poll_timeout_s,
-                    allowed_updates=convert.ALLOWED_UPDATES,
+                    timeout_s=self._settings.poll_timeout_s,
+                    allowed=convert.ALLOWED_UPDATES,
                 )
-                raw = [update.to_dict() for update in updates]
             except RetryAfter as exc:
                 await asyncio.sleep(_seconds(exc.retry_after))
                 continue
@@ -218,7 +220,7 @@ class TelegramChannel:
                     update = convert.parse_update(data)
                 except convert.WireError as exc:
                     log.warning("telegram: skipped an update that is not one (%s)", exc)
-                    update_id = data.get("update_id")
+                    update_id = data.get("update_id") if isinstance(data, dict) else None
                     if isinstance(update_id, int) and not isinstance(update_id, bool):
                         offset = max(offset or 0, update_id + 1)
                     continue

@@ -4,16 +4,17 @@ errors keep the token out of their text, timeouts are PTB's TimedOut."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dtm
 import socket
 from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
 from telegram import InputFile
-from telegram.error import NetworkError, TimedOut
+from telegram.error import Conflict, InvalidToken, NetworkError, RetryAfter, TelegramError, TimedOut
 from telegram.request import RequestData
 
-from channels.telegram._request import AiohttpRequest
+from channels.telegram._request import AiohttpRequest, updates_of
 from tests.fakes._serve import serving
 
 TOKEN = "123456:secret-token-never-logged"
@@ -74,3 +75,47 @@ async def test_files_are_refused_before_anything_is_sent(transport: AiohttpReque
     data = RequestData([RequestParameter.from_input("document", InputFile(b"x", filename="a.txt"))])
     with pytest.raises(NetworkError, match="no files"):
         await transport.do_request(f"http://127.0.0.1:{closed_port()}/x", "POST", data)
+
+
+def test_a_getupdates_answer_gives_its_raw_updates() -> None:
+    body = b'{"ok": true, "result": [{"update_id": 7, "message": {"text": "hi"}}]}'
+    assert updates_of(200, body) == [{"update_id": 7, "message": {"text": "hi"}}]
+    assert updates_of(200, b'{"ok": true, "result": []}') == []
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error"),
+    [
+        (429, b'{"ok": false, "error_code": 429, "parameters": {"retry_after": 3}}', RetryAfter),
+        (409, b'{"ok": false, "error_code": 409, "description": "Conflict"}', Conflict),
+        (401, b'{"ok": false, "error_code": 401, "description": "Unauthorized"}', InvalidToken),
+        (502, b"<html>Bad Gateway</html>", NetworkError),
+        (200, b'{"ok": true, "result": {"not": "a list"}}', NetworkError),
+        (200, b"[1, 2]", NetworkError),
+        (400, b'{"ok": false, "error_code": 400, "description": "Bad Request"}', TelegramError),
+    ],
+)
+def test_a_refused_getupdates_raises_what_ptb_would(
+    status: int, body: bytes, error: type[Exception]
+) -> None:
+    with pytest.raises(error) as caught:
+        updates_of(status, body)
+    if isinstance(caught.value, RetryAfter):
+        assert caught.value.retry_after == dtm.timedelta(seconds=3)
+
+
+async def test_the_poll_sends_offset_timeout_and_allowed_updates(transport: AiohttpRequest) -> None:
+    seen: dict[str, str] = {}
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.update({k: str(v) for k, v in (await request.post()).items()})
+        return web.json_response({"ok": True, "result": [{"update_id": 5}]})
+
+    app = web.Application()
+    app.router.add_post(f"/bot{TOKEN}/getUpdates", answer)
+    async with serving(app) as url:
+        got = await transport.updates(
+            f"{url}/bot{TOKEN}/getUpdates", offset=4, timeout_s=0, allowed=["message"]
+        )
+    assert got == [{"update_id": 5}]
+    assert seen == {"offset": "4", "timeout": "0", "allowed_updates": '["message"]'}
