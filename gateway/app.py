@@ -39,6 +39,7 @@ from gateway.policy.budget import render_overview, render_usage
 from gateway.roles import ROLES
 from gateway.router import Router
 from gateway.settings import Settings
+from gateway.status import StatusSources, gather, render_table, serve_metrics
 from gateway.supervisor import Supervisor
 from gateway.vault import VaultOnDemand
 
@@ -134,6 +135,15 @@ def fleet(client: aioredis.Redis, settings: Settings) -> Fleet:
         audit=AuditLog(client),
         mesh=settings.mesh,
         channels=("console", *enabled(settings.channels)),
+    )
+
+
+def _status_sources(client: aioredis.Redis, settings: Settings) -> StatusSources:
+    return StatusSources(
+        client,
+        AccessStore(client, settings.access),
+        budget_reader(client, settings),
+        ("console", *enabled(settings.channels)),
     )
 
 
@@ -276,6 +286,7 @@ async def up(settings: Settings) -> None:
     try:
         async with (
             redis_client(settings, start_embedded=True) as client,
+            serve_metrics(settings.metrics, _status_sources(client, settings)),
             _agents(client, settings) as supervisor,
             asyncio.TaskGroup() as roles,
         ):
@@ -298,7 +309,9 @@ async def run_role(settings: Settings, role: str) -> None:
     consumer = consumer_name(role)
     async with redis_client(settings, start_embedded=False) as client:
         if role == "router":
-            await beating(client, role, consumer, router(client, settings).run(consumer))
+            # One router per host serves /metrics; any other finds the port taken.
+            async with serve_metrics(settings.metrics, _status_sources(client, settings)):
+                await beating(client, role, consumer, router(client, settings).run(consumer))
         elif role == "channels":
             await beating(client, role, consumer, _channels_of(client, settings)(consumer))
         else:
@@ -327,6 +340,12 @@ async def usage(settings: Settings, who: str | None) -> str:
                 raise CommandError(f"nobody is known as {who!r}", "usage [USER]")
             user_id = found
         return render_usage(await gate.usage(user_id), heading=f"Spending of {user_id}:")
+
+
+async def status(settings: Settings) -> str:
+    """`stockade status`: the status page of a running Stockade, as tables."""
+    async with redis_client(settings, start_embedded=False) as client:
+        return render_table(await gather(_status_sources(client, settings)))
 
 
 def _cli_actor() -> str:

@@ -59,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
         "user", nargs="?", help='an internal user id or "channel:platform-user"; none: everyone'
     )
 
+    commands.add_parser(
+        "status", help="roles up, bus lag, dead letters, agents and spend of a running Stockade"
+    )
+
     image = commands.add_parser("image", help="the agent image")
     image_commands = image.add_subparsers(dest="image_command", metavar="ACTION", required=True)
     image_commands.add_parser("build", help="build the agent image if it is missing (idempotent)")
@@ -191,6 +195,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "usage":
         _configure_logging(args.verbose, quiet=True)
         print(asyncio.run(app.usage(settings, args.user)))
+    elif args.command == "status":
+        _configure_logging(args.verbose, quiet=True)
+        print(asyncio.run(app.status(settings)))
     return 0
 
 

@@ -202,6 +202,16 @@ class RouterSettings(_Part):
     command_prefix: str = Field(default="/", min_length=1, max_length=2)
 
 
+class MetricsSettings(_Part):
+    """The operators' /metrics endpoint (Prometheus text), served by `up` and `run router`."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9480, ge=0, le=65_535)
+    cache_s: float = Field(default=1.0, ge=0, le=60)
+    """Scrapes within this many seconds of the last Redis read get the same figures."""
+
+
 class ConsoleSettings(_Part):
     enabled: bool = True
 
@@ -523,6 +533,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     bus: BusSettings = BusSettings()
     router: RouterSettings = RouterSettings()
+    metrics: MetricsSettings = MetricsSettings()
     docker: DockerSettings = DockerSettings()
     image: ImageSettings = ImageSettings()
     supervisor: SupervisorSettings = SupervisorSettings()

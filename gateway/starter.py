@@ -38,6 +38,17 @@ block_ms = 1000
 # Messages starting with this are commands (/help, /whoami).
 command_prefix = "/"
 
+[metrics]
+# Prometheus text at http://host:port/metrics: roles up, bus lag, dead letters,
+# agents, spend. `stockade up` and `stockade run router` serve it; every one serves
+# the same fleet-wide figures from Redis, so one per host is enough (a second
+# process finding the port taken goes on without it). No secrets or messages in it.
+enabled = true
+host = "127.0.0.1"
+port = 9480
+# Scrapes within this many seconds of the last Redis read get the same figures.
+cache_s = 1.0
+
 [docker]
 # The Docker Engine that runs the agents. Unset: $DOCKER_HOST, else the local socket.
 # url = "unix:///var/run/docker.sock"

@@ -1,80 +1,24 @@
 """/status and /agents: the operators' view of the fleet, read from Redis alone.
 
-`gather` collects the figures (roles up, bus lag, dead letters, agents, spend today);
-`render_status` and `render_agents` are pure.
+`gateway.status.gather` collects the figures (roles up, bus lag, dead letters, agents,
+spend); `render_status` and `render_agents` are pure.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from redis.exceptions import ResponseError
-
-from gateway.bus import IN_STREAM, WAKE_STREAM, dead_letter_stream, out_stream
 from gateway.commands._fleet import Fleet
 from gateway.commands._registry import Command, CommandContext
 from gateway.errors import CommandError
-from gateway.heartbeat import count_alive, read_beats
-from gateway.policy.budget import Period, Scope, WindowUse, format_usd
+from gateway.policy.budget import Period, Scope, format_usd
 from gateway.roles import ROLES
+from gateway.status import FleetStatus, StatusSources, gather
 from gateway.supervisor import STATUS_KEY, AgentStatus, parse_status
 
 
-@dataclass(frozen=True, slots=True)
-class StreamLag:
-    stream: str
-    waiting: int
-    """Entries not yet finished by every group reading the stream (never read plus pending)."""
-    dead: int
-    """Entries in its dead-letter stream."""
-
-
-@dataclass(frozen=True, slots=True)
-class FleetStatus:
-    roles_up: dict[str, int]
-    roles_down: dict[str, int]
-    streams: tuple[StreamLag, ...]
-    agents: tuple[AgentStatus, ...]
-    paused_everyone: bool
-    paused: tuple[str, ...]
-    today: WindowUse
-    """All users' spend today, with the shared cap."""
-
-
-async def _waiting(fleet: Fleet, stream: str) -> int:
-    try:
-        groups = await fleet.client.xinfo_groups(stream)
-    except ResponseError:
-        return 0  # no stream yet
-    total = 0
-    for info in groups:
-        lag = info.get("lag")
-        total += (int(lag) if lag is not None else 0) + int(info.get("pending") or 0)
-    return total
-
-
-async def gather(fleet: Fleet) -> FleetStatus:
-    beats = await read_beats(fleet.client, fleet.clock)
-    up, down = count_alive(beats, fleet.clock())
-    names = (IN_STREAM, WAKE_STREAM, *(out_stream(c) for c in fleet.channels))
-    streams = []
-    for name in names:
-        dead = await fleet.client.xlen(dead_letter_stream(name))
-        streams.append(StreamLag(name, await _waiting(fleet, name), int(dead)))
-    agents = parse_status(await fleet.client.hgetall(STATUS_KEY))
-    everyone, paused = await fleet.access.paused_users()
-    # Any user's report carries the totals; none of that user's figures are shown.
-    usage = await fleet.budget.usage("status")
-    return FleetStatus(
-        roles_up=up,
-        roles_down=down,
-        streams=tuple(streams),
-        agents=tuple(agents),
-        paused_everyone=everyone,
-        paused=tuple(paused),
-        today=usage.window(Scope.TOTAL, Period.DAY),
-    )
+def sources(fleet: Fleet) -> StatusSources:
+    return StatusSources(fleet.client, fleet.access, fleet.budget, fleet.channels, fleet.clock)
 
 
 def _mib(value: int | None) -> str:
@@ -124,7 +68,7 @@ def status_command(fleet: Fleet) -> Command:
     async def run(context: CommandContext, args: tuple[str, ...]) -> str:
         if args:
             raise CommandError("/status takes no arguments.", "status")
-        return render_status(await gather(fleet))
+        return render_status(await gather(sources(fleet)))
 
     return Command(
         "status", "gateway health, queues, agents, spend", "status", run, admin_only=True
