@@ -105,6 +105,12 @@ class Mesh:
             return False
         return await door.cancel_turn()
 
+    async def requeue_open(self, user_id: str) -> int:
+        """After `user_id`'s agent restarted: its unfinished messages are handed out again
+        at its first poll, not after the bus's reclaim delay. The number requeued."""
+        door = self._doors.get(user_id)
+        return 0 if door is None else door.requeue_open()
+
     async def aclose(self) -> None:
         """Close every door."""
         async with self._lock:

@@ -74,6 +74,8 @@ _SHUTDOWN_S: Final = 1.0
 _CUE_TIMEOUT_S: Final = 2.0
 """A typing cue not published by then is dropped: the indicator would come too late."""
 _STOP_WAIT_S: Final = 2.0
+MAX_ANSWERS: Final = 32
+"""Model answers of the current turn kept per agent, for a restarted agent replaying it."""
 """How long stopping a turn waits for its cancelled model calls to wind down."""
 
 log = logging.getLogger("stockade.mesh")
@@ -129,6 +131,18 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return web.json_response(error_body("internal_error", "the mesh failed"), status=500)
 
 
+def call_key(chat: ChatRequest) -> str:
+    """Identifies a model call by what was asked: the model and every parameter."""
+    canonical = json.dumps([chat.alias, chat.params], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a call's failure as seen: the agent that asked may be gone."""
+    if not task.cancelled():
+        task.exception()
+
+
 class Door:
     """The server on one agent's socket, and what it remembers about that agent's turns.
 
@@ -166,6 +180,15 @@ class Door:
         """Of those, the ones `cancel_turn` cancelled: they answer "stopped"."""
         self._stopped = False
         """A turn was stopped: model calls are refused until the next message is taken."""
+        self._answers: OrderedDict[str, asyncio.Task[dict[str, Any]]] = OrderedDict()
+        """The current turn's model calls by a hash of the request. An agent restarted in
+        the middle of a turn replays it from its saved memory and sends the same requests:
+        they get the first call's answer (or wait for it) instead of running, and being
+        paid for, twice."""
+        self._replaying = False
+        """The turns were handed out again to a restarted agent (`requeue_open`): only
+        then is a repeated request answered from the first; otherwise an agent asking
+        the same twice (for another sample) gets a new answer."""
 
     def _app(self) -> web.Application:
         app = web.Application(
@@ -207,6 +230,7 @@ class Door:
             await runner.cleanup()
         self._turns.clear()
         self._unclaimed.clear()
+        self._forget_answers()
         try:
             self.path.unlink(missing_ok=True)
         except PermissionError:
@@ -228,6 +252,7 @@ class Door:
             return False
         # Before anything is awaited: no model call may start for the stopped turn.
         self._stopped = True
+        self._forget_answers()
         for task in calls:
             self._stopping.add(task)
             task.cancel()
@@ -342,8 +367,29 @@ class Door:
                     break
         return web.Response(status=204)
 
+    def requeue_open(self) -> int:
+        """Hand the open turns out again at the next poll: their agent was restarted
+        and lost them. The number requeued."""
+        waiting = {delivery.entry_id for delivery, _ in self._unclaimed}
+        requeued = 0
+        for turn in self._turns.values():
+            if turn.delivery.entry_id not in waiting:
+                self._unclaimed.append((turn.delivery, turn.inbound))
+                requeued += 1
+        self._replaying = self._replaying or requeued > 0
+        return requeued
+
+    def _forget_answers(self) -> None:
+        for task in self._answers.values():
+            task.cancel()
+        self._answers.clear()
+
     def _hand_out(self, delivery: Delivery, inbound: Inbound) -> web.Response:
         self._stopped = False
+        if delivery.entry_id not in self._turns:
+            # A new turn: the last one's answers can never be asked for again.
+            self._answers.clear()
+            self._replaying = False
         message_id = self._remember(delivery, inbound)
         self._announce(inbound)
         return web.json_response(next_body(message_id, inbound))
@@ -476,13 +522,36 @@ class Door:
             raise stopped()
         body = await self._body(request)
         chat = parse_chat(body, await self._calls.choices(self.user_id))
+        if not chat.stream:
+            return web.json_response(await self._answer_once(chat))
         async with self._model_slots:
             if self._stopped:
                 raise stopped()
-            if chat.stream:
-                return await self._chat_stream(request, chat)
-            answer = await self._calls.chat(self.user_id, chat, self._notify)
-        return web.json_response(answer)
+            return await self._chat_stream(request, chat)
+
+    async def _answer_once(self, chat: ChatRequest) -> dict[str, Any]:
+        """The answer to `chat`, from the turn's identical call if there was one."""
+        key = call_key(chat)
+        task = self._answers.get(key) if self._replaying else None
+        if task is not None and task.done() and (task.cancelled() or task.exception()):
+            task = None  # a failed call answers nothing: this one is made afresh
+        if task is None:
+            task = asyncio.create_task(self._call_model(chat))
+            task.add_done_callback(_retrieve)
+            self._answers[key] = task
+            self._answers.move_to_end(key)
+            while len(self._answers) > MAX_ANSWERS:
+                self._answers.popitem(last=False)
+        else:
+            log.info("%s repeated a model call of this turn: answered from the first", self.user_id)
+        # Shielded: an agent that dies waiting leaves the call to finish for its successor.
+        return await asyncio.shield(task)
+
+    async def _call_model(self, chat: ChatRequest) -> dict[str, Any]:
+        async with self._model_slots:
+            if self._stopped:
+                raise stopped()
+            return await self._calls.chat(self.user_id, chat, self._notify)
 
     async def _chat_stream(self, request: web.Request, chat: ChatRequest) -> web.StreamResponse:
         """Server-sent events, as OpenAI sends them; an agent that hangs up ends the call."""

@@ -78,6 +78,10 @@ class MeshDoor(Protocol):
         """End the user's current turn and answer it; True when a turn was in flight."""
         ...
 
+    async def requeue_open(self, user_id: str) -> int:
+        """Hand the user's unfinished messages to their restarted agent at once."""
+        ...
+
 
 def crash_notice(container: AgentContainer) -> str:
     reason = "it ran out of memory" if container.oom_killed else f"exit {container.exit_code}"
@@ -294,6 +298,9 @@ class Supervisor:
                     container.oom_killed,
                 )
                 await self._notify_crash(container)
+                # The message it was working on goes to the new container at once (not
+                # after the bus's reclaim delay); its model calls are not made again.
+                await self._mesh.requeue_open(user_id)
                 after[user_id] = await self._start(user_id)
 
         up = {u for u, c in after.items() if c.running}

@@ -332,3 +332,71 @@ async def test_the_controls_are_read_after_redis_forgot_its_scripts(
     await redis.script_flush()
     assert (await alice.chat({"messages": HELLO}))[0] == 200
     assert fake_model.requests[0].body["model"] == "fake-big"
+
+
+# -- an agent restarted mid-turn -----------------------------------------------------
+
+
+async def test_a_restarted_agent_gets_its_turn_back_and_its_model_call_is_not_run_again(
+    redis: aioredis.Redis,
+    bus: Bus,
+    mesh: Mesh,
+    fake_model: FakeModelServer,
+    calls: Calls,
+) -> None:
+    first = Agent(await mesh.open(ALICE))
+    fake_model.push(Slow(1.0, Text("the one answer")))
+    message_id = await take(bus, first, 1, "think")
+    call = asyncio.create_task(first.chat({"messages": HELLO}))
+
+    async def provider_called() -> bool:
+        return len(fake_model.requests) == 1
+
+    await eventually(provider_called, within_s=30)  # the first call loads LiteLLM
+    # The container dies with the call in flight.
+    call.cancel()
+    await first.close()
+
+    assert await mesh.requeue_open(ALICE) == 1
+    second = Agent(await mesh.open(ALICE))
+    try:
+        status, message = await second.next(wait=0.5)
+        assert (status, message["id"]) == (200, message_id)  # at once, not after a reclaim
+        status, answer = await second.chat({"messages": HELLO})
+        assert (status, answer["choices"][0]["message"]["content"]) == (200, "the one answer")
+        assert len(fake_model.requests) == 1
+        assert (await second.reply(message_id, "the one answer"))[0] == 200
+    finally:
+        await second.close()
+    assert [o.text for o in await outbox(redis)] == ["the one answer"]
+    assert await pending(redis, ALICE) == 0
+    spent, held = await settled(calls)
+    assert held == 0 and spent > 0
+
+
+async def test_a_different_request_or_a_new_turn_calls_the_model_again(
+    bus: Bus,
+    mesh: Mesh,
+    fake_model: FakeModelServer,
+) -> None:
+    agent = Agent(await mesh.open(ALICE))
+    try:
+        message_id = await take(bus, agent, 1)
+        fake_model.push(Text("one"))
+        fake_model.push(Text("two"))
+        fake_model.push(Text("three"))
+        assert (await agent.chat({"messages": HELLO}))[1]["choices"][0]["message"][
+            "content"
+        ] == "one"
+        other = [{"role": "user", "content": "something else"}]
+        assert (await agent.chat({"messages": other}))[1]["choices"][0]["message"][
+            "content"
+        ] == "two"
+        assert (await agent.reply(message_id, "done"))[0] == 200
+        await take(bus, agent, 2)
+        assert (await agent.chat({"messages": HELLO}))[1]["choices"][0]["message"][
+            "content"
+        ] == "three"
+        assert len(fake_model.requests) == 3
+    finally:
+        await agent.close()

@@ -1,0 +1,1 @@
+"""Chaos tests: the pipeline as separate processes, killed at random, then checked."""

@@ -1,0 +1,218 @@
+"""The pipeline as separate processes, each restarted when it dies, as a service manager
+would: redis-server (append-only file on), `stockade run router`, `stockade run channels`
+and `stockade run agents` (the supervisor and the mesh share that process, so killing it
+kills both), plus the agent containers the supervisor starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from redis.exceptions import RedisError
+
+from gateway import embedded_redis
+from tests.services import TEST_IMAGE, RedisProcess
+
+REPO: Final = Path(__file__).resolve().parents[2]
+ROLES: Final = ("router", "channels", "agents")
+_RESTART_PAUSE_S: Final = 0.2
+"""Between a role's death and its restart, as `Restart=always` with a short delay."""
+
+
+def environment(data_dir: Path, model_url: str, extra: dict[str, str]) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.upper().startswith("STOCKADE_")}
+    return {
+        **base,
+        "PYTHONPATH": str(REPO),
+        "STOCKADE_DATA_DIR": str(data_dir),
+        "STOCKADE_IMAGE__NAME": TEST_IMAGE.name,
+        "STOCKADE_MODELS__DEFAULT__NAME": "openai/fake",
+        "STOCKADE_MODELS__DEFAULT__API_BASE": model_url,
+        "STOCKADE_MODELS__DEFAULT__SECRET": "provider",
+        "STOCKADE_MODELS__DEFAULT__PRICE__INPUT_USD_PER_MTOK": "0.15",
+        "STOCKADE_MODELS__DEFAULT__PRICE__OUTPUT_USD_PER_MTOK": "0.60",
+        "STOCKADE_SUPERVISOR__LIMITS__MEMORY_MB": "128",
+        **extra,
+    }
+
+
+@dataclass
+class Service:
+    """One role's process, restarted whenever it exits until `stop`."""
+
+    role: str
+    env: dict[str, str]
+    log_dir: Path
+    proc: asyncio.subprocess.Process | None = None
+    starts: int = 0
+    exits: list[int] = field(default_factory=list)
+    """Exit statuses of the deaths we did not cause."""
+    killed: int = 0
+    _stopping: bool = False
+    _kill_pending: bool = False
+    _task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._keep_running(), name=f"service {self.role}")
+
+    async def _keep_running(self) -> None:
+        while not self._stopping:
+            self.starts += 1
+            with (self.log_dir / f"{self.role}-{self.starts}.log").open("wb") as log:
+                self.proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "gateway.cli", "run", self.role,
+                    env=self.env, stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log, stderr=log, start_new_session=True,
+                )  # fmt: skip
+            status = await self.proc.wait()
+            if self._kill_pending:
+                self._kill_pending = False
+            elif not self._stopping:
+                self.exits.append(status)
+            if not self._stopping:
+                await asyncio.sleep(_RESTART_PAUSE_S)
+
+    def kill(self) -> bool:
+        """SIGKILL the process, as a crash would; False when it was not running."""
+        if self.proc is None or self.proc.returncode is not None:
+            return False
+        self._kill_pending = True
+        self.killed += 1
+        self.proc.send_signal(signal.SIGKILL)
+        return True
+
+    async def stop(self, within_s: float = 30) -> None:
+        self._stopping = True
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), within_s)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+@dataclass
+class Pipeline:
+    data_dir: Path
+    env: dict[str, str]
+    redis: RedisProcess
+    services: dict[str, Service]
+    redis_kills: int = 0
+    container_kills: int = 0
+
+    async def kill_redis(self) -> None:
+        """SIGKILL redis-server and start it again from its append-only file."""
+        self.redis_kills += 1
+        await asyncio.to_thread(self.redis.kill)
+        await asyncio.to_thread(self.redis.start)
+
+    def deployment(self) -> str:
+        import redis
+
+        client = redis.Redis(unix_socket_path=str(embedded_redis.socket_path(self.redis.data_dir)))
+        try:
+            found = client.get("stockade:deployment")
+            return found.decode() if isinstance(found, bytes) else str(found or "")
+        finally:
+            client.close()
+
+    def containers(self, *, all_states: bool = True) -> list[dict[str, Any]]:
+        """The raw listing of this deployment's agent containers."""
+        import docker
+
+        deployment = self.deployment()
+        if not deployment:
+            return []
+        client = docker.from_env()
+        try:
+            label = f"org.stockade.deployment={deployment}"
+            listed: list[dict[str, Any]] = client.api.containers(
+                all=all_states, filters={"label": label}
+            )
+            return listed
+        finally:
+            client.close()
+
+    def kill_container(self, pick: int) -> str:
+        """SIGKILL one running agent container (the `pick`-th, modulo); its user, or ""."""
+        import docker
+        import docker.errors
+
+        running = sorted(self.containers(all_states=False), key=lambda c: str(c["Id"]))
+        if not running:
+            return ""
+        chosen = running[pick % len(running)]
+        client = docker.from_env()
+        try:
+            client.api.kill(chosen["Id"], signal="SIGKILL")
+        except docker.errors.APIError:
+            return ""  # it stopped meanwhile
+        finally:
+            client.close()
+        self.container_kills += 1
+        return str((chosen.get("Labels") or {}).get("org.stockade.user", "?"))
+
+    def unexpected_exits(self) -> dict[str, list[int]]:
+        return {role: s.exits for role, s in self.services.items() if s.exits}
+
+
+async def _vault_set(env: dict[str, str], name: str, value: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "vault", "set", name, env=env,
+        stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate(value.encode())
+    assert proc.returncode == 0, err.decode()
+
+
+@contextlib.asynccontextmanager
+async def running_pipeline(
+    data_dir: Path, model_url: str, extra_env: dict[str, str]
+) -> AsyncIterator[Pipeline]:
+    """Redis and the three roles, started; on leaving, stopped, and the deployment's
+    containers and workspaces removed."""
+    redis = RedisProcess(data_dir / "redis", appendonly=True)
+    await asyncio.to_thread(redis.start)
+    env = environment(data_dir, model_url, {"STOCKADE_REDIS__URL": redis.url, **extra_env})
+    log_dir = data_dir / "logs"
+    log_dir.mkdir()
+    pipeline = Pipeline(data_dir, env, redis, {})
+    deployment = ""
+    try:
+        await _vault_set(env, "provider", "sk-chaos-provider-key")
+        for role in ROLES:
+            service = Service(role, env, log_dir)
+            pipeline.services[role] = service
+            service.start()
+        yield pipeline
+    finally:
+        with contextlib.suppress(OSError, RedisError):
+            deployment = pipeline.deployment()
+        await asyncio.gather(*(s.stop() for s in pipeline.services.values()))
+        redis.stop()
+        from tests.test_end_to_end import remove_agents
+
+        await asyncio.to_thread(remove_agents, deployment)
+
+
+async def wait_until(what: str, check: Any, within_s: float, every_s: float = 0.1) -> float:
+    """Poll `check()` until true; the seconds it took. TimeoutError names `what`."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > within_s:
+            raise TimeoutError(f"{what}: not within {within_s:.0f} s")
+        await asyncio.sleep(every_s)
+    return time.monotonic() - started
