@@ -716,6 +716,11 @@ async def idle(image: str, count: int, model: str) -> list[Figure]:
         print(f"  {p.health()}")
         complaints = sum(p.marks.complaints.values())
     vmrss = statistics.median([m.vmrss for m in memory]) / MB
+    # The host's own accounting (MemAvailable) includes the engine's shim and kernel
+    # memory per container, so it is the honest cost; other work on a shared machine
+    # moves it, so it is never taken below what the agent's processes hold.
+    per_agent = max(available / count, vmrss)
+    holds = count + int(after["MemAvailable"] / MB / per_agent)
     return [
         Figure(
             "idle agent memory (VmRSS of its processes)",
@@ -750,6 +755,13 @@ async def idle(image: str, count: int, model: str) -> list[Figure]:
         Figure(
             "  host MemAvailable used per agent",
             f"{available / count:.1f} MB ({available:.0f} MB for {count})",
+            "-",
+            None,
+        ),
+        Figure(
+            "idle agents this machine holds (by memory)",
+            f"about {holds} ({count} running + {after['MemAvailable'] / MB:.0f} MB available "
+            f"/ {per_agent:.1f} MB each)",
             "-",
             None,
         ),

@@ -110,7 +110,8 @@ async def run(url: str, aof: str, calls: int, users: int) -> tuple[str, list[Res
     return version, [one, many]
 
 
-async def main(calls: int, users: int, aofs: list[str]) -> int:
+async def measure(calls: int, users: int, aofs: list[str]) -> tuple[str, list[Result]]:
+    """Each AOF setting's sequential and concurrent runs; and the redis-server version."""
     results: list[Result] = []
     version = "?"
     for aof in aofs:
@@ -119,6 +120,11 @@ async def main(calls: int, users: int, aofs: list[str]) -> int:
             async with embedded_redis(Path(tmp), appendonly=aof == "on") as url:
                 version, found = await run(url, aof, calls, users)
                 results += found
+    return version, results
+
+
+async def main(calls: int, users: int, aofs: list[str]) -> int:
+    version, results = await measure(calls, users, aofs)
     print(
         f"Python {platform.python_version()}, redis-py {redis.__version__}, "
         f"hiredis {hiredis.__version__}, redis-server {version}"

@@ -1,8 +1,9 @@
 """An OpenAI-compatible fake model provider on 127.0.0.1, with scripted replies.
 
 It answers `POST /v1/chat/completions` with the next scripted reply (plain text,
-tool calls or an HTTP error) and records every request it received, headers and
-body, so tests can check what actually reached the provider.
+tool calls or an HTTP error), at once or after a set `delay_s`, and records every
+request it received, headers and body, so tests can check what actually reached the
+provider.
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ class FakeModelServer:
     url: str = ""
     streamed: int = 0
     """Chunks written of the last streamed answer."""
+    delay_s: float = 0.0
+    """Before every answer, scripted or not: a provider with a steady response time."""
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def push(self, *replies: Reply) -> None:
@@ -98,6 +101,8 @@ class FakeModelServer:
         body = json.loads(raw)
         self.requests.append(Received(dict(request.headers), body))
         reply: Reply = self.script.popleft() if self.script else Text(DEFAULT_TEXT)
+        if self.delay_s > 0:
+            await asyncio.sleep(self.delay_s)
         if isinstance(reply, Slow):
             await asyncio.sleep(reply.seconds)
             reply = reply.reply
