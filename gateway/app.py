@@ -31,7 +31,7 @@ from gateway.commands import (
 from gateway.edge import enabled, run_channels
 from gateway.envelope import Outbound
 from gateway.errors import CommandError, DependencyError, RedisUnavailable
-from gateway.heartbeat import beat_forever
+from gateway.heartbeat import beat_forever, stopped_consumers
 from gateway.mesh import Mesh, ModelCalls
 from gateway.policy import AccessStore, BudgetGate, Identities, Ledger
 from gateway.policy.access import normal_code
@@ -157,8 +157,14 @@ def commands(client: aioredis.Redis, settings: Settings) -> Registry:
     return fleet_registry(settings.router.command_prefix, fleet(client, settings), send)
 
 
+def role_bus(client: aioredis.Redis, settings: Settings) -> Bus:
+    """The bus of a role's consumer: it takes over what a stopped process of its group
+    held as soon as that process's heartbeat goes quiet."""
+    return Bus(client, settings.bus, gone=stopped_consumers(client))
+
+
 def router(client: aioredis.Redis, settings: Settings) -> Router:
-    bus = Bus(client, settings.bus)
+    bus = role_bus(client, settings)
     return Router(
         bus,
         Identities(client),
@@ -185,6 +191,7 @@ async def _agents(client: aioredis.Redis, settings: Settings) -> AsyncIterator[S
             settings.image, settings.docker, settings.data_dir, _image_progress
         )
         log.info("agent image %s", image)
+        # The mesh's consumers are the agents (one per user stream), which never beat.
         bus = Bus(client, settings.bus)
         async with Ledger(settings.ledger_dir()) as ledger:
             gate = BudgetGate(client, settings.budget, ledger)
@@ -201,7 +208,7 @@ async def _agents(client: aioredis.Redis, settings: Settings) -> AsyncIterator[S
                     try:
                         yield Supervisor(
                             client,
-                            bus,
+                            role_bus(client, settings),
                             DockerRuntime(docker, await deployment_id(client)),
                             mesh,
                             image,

@@ -20,6 +20,7 @@ from channels._shared import MediaPolicy, RateLimiter, WebhookLimits, WebhookSer
 from channels.base import Channel, ChannelContext
 from gateway.bus import Blobs, Bus, Deliveries, typing_cues
 from gateway.commands import Registry
+from gateway.heartbeat import stopped_consumers
 from gateway.settings import ChannelsSettings, Settings
 
 log = logging.getLogger("stockade.channels")
@@ -83,7 +84,8 @@ async def run_channels(
     if not names:
         log.info("no platform channel is enabled; talk to Stockade with `stockade chat`")
         return
-    bus = Bus(client, settings.bus)
+    # Takes over the replies a stopped channels process was sending.
+    bus = Bus(client, settings.bus, gone=stopped_consumers(client))
     ingress = settings.channels.ingress
     async with _webhooks(settings.channels) as webhooks:
         context = ChannelContext(

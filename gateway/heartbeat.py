@@ -9,7 +9,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import redis.asyncio as aioredis
@@ -74,3 +74,28 @@ async def read_beats(
     if gone:
         await client.hdel(ALIVE_KEY, *gone)
     return beats
+
+
+def stopped_consumers(
+    client: aioredis.Redis, clock: Callable[[], float] = time.time
+) -> Callable[[], Awaitable[set[str]]]:
+    """For `Bus(gone=...)`: the consumers whose process beat once and then went quiet
+    for STALE_S. A consumer that never beats (an agent's door, a test) is never one."""
+
+    last: tuple[float, set[str]] = (float("-inf"), set())
+
+    async def gone() -> set[str]:
+        nonlocal last
+        now = clock()
+        if now - last[0] < BEAT_S / 2:
+            return last[1]  # several streams of one process ask at once
+        beats = await read_beats(client, clock)
+        found = {
+            field.split(":", 1)[1]
+            for field, at in beats.items()
+            if ":" in field and now - at > STALE_S
+        }
+        last = (now, found)
+        return found
+
+    return gone

@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Literal, cast
@@ -46,6 +46,10 @@ _BACKOFF_MAX_S: Final = 2.0
 _LAG_COUNT_CAP: Final = 100_000
 _EMPTY_ID: Final = "0-0"
 _SEND_MAX: Final = 256
+ADOPT_EVERY_S: Final = 2.0
+"""How often a consumer looks for dead consumers' entries in its group (with `gone`)."""
+ADOPT_BATCH: Final = 1_000
+ADOPT_MIN_IDLE_MS: Final = 1_000
 """Most publishes sent in one script call: a longer call would hold up Redis."""
 
 _Publish = tuple[str, str | None, bytes]
@@ -177,7 +181,15 @@ _REDIS_PY_DEFAULT_TIMEOUT_S: Final = 5.0
 class Bus:
     """Publish, read, ack, forward and dead-letter envelopes on Redis Streams."""
 
-    def __init__(self, client: aioredis.Redis, settings: BusSettings) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        settings: BusSettings,
+        *,
+        gone: Callable[[], Awaitable[Collection[str]]] | None = None,
+    ) -> None:
+        """`gone` names consumers known to be dead (their process stopped beating): what
+        they held is taken over within `ADOPT_EVERY_S`, not after `claim_idle_ms`."""
         # Stream entries are always read as bytes (the `raw` replies below), also on a
         # decode_responses client: an entry holding invalid UTF-8 must reach the
         # dead-letter path, not break every read of its stream.
@@ -203,6 +215,8 @@ class Bus:
         self._own_cursor: dict[tuple[str, str, str], str] = {}
         self._claim_cursor: dict[tuple[str, str, str], str] = {}
         self._claim_due: dict[tuple[str, str, str], float] = {}
+        self._gone = gone
+        self._adopt_due: dict[tuple[str, str, str], float] = {}
         self._outbox: list[tuple[_Publish, asyncio.Future[Any]]] = []
         self._sender: asyncio.Task[None] | None = None
         self._sending = False
@@ -341,6 +355,15 @@ class Bus:
             if own:
                 return own
         now = time.monotonic()
+        if self._gone is not None and now >= self._adopt_due.get(key, 0.0):
+            self._adopt_due[key] = now + ADOPT_EVERY_S
+            if await self._adopt(key):
+                # Now this consumer's own: read them as after a restart, with their counts.
+                self._own_done.discard(key)
+                self._own_cursor.pop(key, None)
+                own = await self._read_own(key, n)
+                if own:
+                    return own
         if now >= self._claim_due.get(key, 0.0):
             claimed = await self._claim(key, n, now)
             if claimed:
@@ -403,6 +426,51 @@ class Bus:
             admitted = await self._admit(stream, group, entries, counts)
             if admitted:
                 return admitted
+
+    async def _adopt(self, key: tuple[str, str, str]) -> int:
+        """Take over the pending entries of the group's dead consumers; how many.
+
+        Reading them back as this consumer's own counts one delivery (the JUSTID claim
+        counts none), so an entry that kills every process handling it still reaches
+        the dead-letter stream after `max_deliveries`. The minimum idle time keeps
+        entries a stalled-but-living process touched just now."""
+        assert self._gone is not None
+        stream, group, consumer = key
+        dead = set(await self._gone()) - {consumer}
+        if not dead:
+            return 0
+        try:
+            consumers = await self._r.xinfo_consumers(stream, group)
+        except ResponseError:
+            return 0  # no stream or group yet
+        taken = 0
+        for info in consumers:
+            name = _text(info["name"])
+            if name not in dead:
+                continue
+            if int(info.get("pending") or 0) == 0:
+                await self._r.xgroup_delconsumer(stream, group, name)
+                continue
+            held = await self._r.xpending_range(
+                stream, group, min="-", max="+", count=ADOPT_BATCH, consumername=name
+            )
+            ids: list[int | bytes | str | memoryview[int]] = [
+                _text(cast("bytes | str", p["message_id"])) for p in held
+            ]
+            if ids:
+                claimed = await self._r.xclaim(
+                    stream, group, consumer, ADOPT_MIN_IDLE_MS, ids, justid=True
+                )
+                taken += len(claimed)
+                log.warning(
+                    "took over %d entries of %s in %s/%s from %s, which stopped",
+                    len(claimed),
+                    stream,
+                    group,
+                    consumer,
+                    name,
+                )
+        return taken
 
     async def _claim(self, key: tuple[str, str, str], n: int, now: float) -> list[Delivery]:
         stream, group, consumer = key
@@ -647,6 +715,7 @@ class Bus:
             done.append(delivery)
 
     def _forget(self, key: tuple[str, str, str]) -> None:
+        self._adopt_due.pop(key, None)
         self._own_done.discard(key)
         self._own_cursor.pop(key, None)
         self._claim_cursor.pop(key, None)
