@@ -30,7 +30,10 @@ def stockade(
 def test_help_lists_the_commands() -> None:
     result = stockade("--help")
     assert result.returncode == 0
-    for command in ("init", "up", "run", "chat", "config", "image", "vault", "usage"):
+    for command in (
+        "init", "up", "run", "chat", "config", "image", "vault", "usage",
+        "pair", "link", "audit", "status",
+    ):  # fmt: skip
         assert command in result.stdout
 
 
