@@ -74,10 +74,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fakes 
 
 from bench._report import Figure, cut, load, machine, machine_line, ms
 from tests.fakes._serve import serving
-from tests.fakes.model_server import running_model_server
 from tests.fakes.telegram import FakeTelegram, user
-from tests.services import TEST_IMAGE, require
-from tests.test_end_to_end import CANARY_KEY, Gateway, environment, remove_agents, stop
+from tests.services import TEST_IMAGE
+from tests.test_end_to_end import Gateway, started
 
 TARGET_P50_S: Final = 0.015
 TARGET_P99_S: Final = 0.060
@@ -197,58 +196,6 @@ def bench_environment(options: argparse.Namespace, fake: FakeTelegram) -> dict[s
         "STOCKADE_BUDGET__USER__MONTHLY_USD": "100000",
         "STOCKADE_BUDGET__TOTAL__MONTHLY_USD": "1000000",
     }
-
-
-@contextlib.asynccontextmanager
-async def started_quiet(extra_env: dict[str, str]) -> AsyncIterator[Gateway]:
-    """`stockade up` (info logging) with the end-to-end tests' environment plus `extra_env`."""
-    require("redis-server", "redis-server")
-    async with running_model_server() as model:
-        with tempfile.TemporaryDirectory(prefix="stk-bp-", dir="/tmp") as tmp:
-            data_dir = Path(tmp)
-            env = environment(data_dir, model.url) | extra_env
-            vault = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gateway.cli", "vault", "set", "provider", env=env,
-                stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            )  # fmt: skip
-            _, vault_err = await vault.communicate(CANARY_KEY.encode())
-            if vault.returncode != 0:
-                raise RuntimeError(f"vault set failed: {vault_err.decode()}")
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gateway.cli", "up", env=env, stderr=asyncio.subprocess.PIPE
-            )  # fmt: skip
-            gateway = Gateway(data_dir, proc, model, env)
-            up = asyncio.Event()
-
-            async def read_log() -> None:
-                assert proc.stderr is not None
-                while line := await proc.stderr.readline():
-                    gateway.log.append(line)
-                    if b"Stockade is up" in line:
-                        up.set()
-
-            reader = asyncio.create_task(read_log())
-            try:
-                async with asyncio.timeout(UP_TIMEOUT_S):
-                    ended = asyncio.create_task(proc.wait())
-                    is_up = asyncio.create_task(up.wait())
-                    await asyncio.wait({ended, is_up}, return_when=asyncio.FIRST_COMPLETED)
-                    ended.cancel()
-                    is_up.cancel()
-                if not up.is_set():
-                    raise RuntimeError(f"stockade up exited:\n{b''.join(gateway.log).decode()}")
-                client = aioredis.Redis(unix_socket_path=str(data_dir / "redis" / "redis.sock"))
-                try:
-                    raw = await client.get("stockade:deployment")
-                    gateway.deployment = raw.decode() if isinstance(raw, bytes) else raw or ""
-                finally:
-                    await client.aclose()
-                yield gateway
-            finally:
-                if proc.returncode is None:
-                    await stop(gateway)
-                await reader
-                await asyncio.to_thread(remove_agents, gateway.deployment)
 
 
 # -- the phases ------------------------------------------------------------------------------
@@ -603,7 +550,10 @@ async def measure(options: argparse.Namespace) -> Result:
         await ensure_image(TEST_IMAGE, DockerSettings(), Path(data))
     senders = [FIRST_USER + i for i in range(options.users)]
     result = Result()
-    async with running_fake() as fake, started_quiet(bench_environment(options, fake)) as gateway:
+    async with (
+        running_fake() as fake,
+        started(bench_environment(options, fake), verbose=False) as gateway,
+    ):
         gateway.model.delay_s = options.model_delay
         await fake.webhook_set(30)
         outbox = Outbox(fake)

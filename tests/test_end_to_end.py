@@ -68,8 +68,10 @@ def environment(data_dir: Path, model_url: str) -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def started(extra_env: dict[str, str]) -> AsyncIterator[Gateway]:
-    """`stockade -v up` with the test's environment plus `extra_env`, until it is up."""
+async def started(extra_env: dict[str, str], *, verbose: bool = True) -> AsyncIterator[Gateway]:
+    """`stockade -v up` with the test's environment plus `extra_env`, until it is up.
+
+    `verbose=False` logs at info, as an operator would run it (benchmarks)."""
     require("redis-server", "redis-server")
     async with running_model_server() as model:
         # Short path: the private Redis socket and the agents' sockets live in here.
@@ -86,8 +88,8 @@ async def started(extra_env: dict[str, str]) -> AsyncIterator[Gateway]:
                 assert vault.returncode == 0, vault_err.decode()
             # -v: debug logging, the most a log could give away.
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gateway.cli", "-v", "up", env=env,
-                stderr=asyncio.subprocess.PIPE,
+                sys.executable, "-m", "gateway.cli", *(["-v"] if verbose else []), "up",
+                env=env, stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip
             gateway = Gateway(data_dir, proc, model, env)
             deployment = ""

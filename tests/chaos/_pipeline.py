@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import sys
 import time
@@ -20,29 +19,13 @@ from typing import Any, Final
 from redis.exceptions import RedisError
 
 from gateway import embedded_redis
-from tests.services import TEST_IMAGE, RedisProcess
+from tests.services import RedisProcess
+from tests.test_end_to_end import environment, remove_agents
 
 REPO: Final = Path(__file__).resolve().parents[2]
 ROLES: Final = ("router", "channels", "agents")
 _RESTART_PAUSE_S: Final = 0.2
 """Between a role's death and its restart, as `Restart=always` with a short delay."""
-
-
-def environment(data_dir: Path, model_url: str, extra: dict[str, str]) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.upper().startswith("STOCKADE_")}
-    return {
-        **base,
-        "PYTHONPATH": str(REPO),
-        "STOCKADE_DATA_DIR": str(data_dir),
-        "STOCKADE_IMAGE__NAME": TEST_IMAGE.name,
-        "STOCKADE_MODELS__DEFAULT__NAME": "openai/fake",
-        "STOCKADE_MODELS__DEFAULT__API_BASE": model_url,
-        "STOCKADE_MODELS__DEFAULT__SECRET": "provider",
-        "STOCKADE_MODELS__DEFAULT__PRICE__INPUT_USD_PER_MTOK": "0.15",
-        "STOCKADE_MODELS__DEFAULT__PRICE__OUTPUT_USD_PER_MTOK": "0.60",
-        "STOCKADE_SUPERVISOR__LIMITS__MEMORY_MB": "128",
-        **extra,
-    }
 
 
 @dataclass
@@ -186,7 +169,7 @@ async def running_pipeline(
     containers and workspaces removed."""
     redis = RedisProcess(data_dir / "redis", appendonly=True)
     await asyncio.to_thread(redis.start)
-    env = environment(data_dir, model_url, {"STOCKADE_REDIS__URL": redis.url, **extra_env})
+    env = environment(data_dir, model_url) | {"STOCKADE_REDIS__URL": redis.url, **extra_env}
     log_dir = data_dir / "logs"
     log_dir.mkdir()
     pipeline = Pipeline(data_dir, env, redis, {})
@@ -203,7 +186,6 @@ async def running_pipeline(
             deployment = pipeline.deployment()
         await asyncio.gather(*(s.stop() for s in pipeline.services.values()))
         redis.stop()
-        from tests.test_end_to_end import remove_agents
 
         await asyncio.to_thread(remove_agents, deployment)
 

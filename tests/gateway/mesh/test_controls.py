@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -24,16 +23,15 @@ from gateway.mesh._controls import default_first
 from gateway.mesh._protocol import Rejected
 from gateway.policy import TokenPrice
 from gateway.policy.budget import Period, Scope, prompt_token_bound, worst_case
-from gateway.settings import BusSettings, MeshSettings
+from gateway.settings import MeshSettings
 from tests.calls import PRICE, Calls, model_calls, priced_model
-from tests.fakes.model_server import FakeModelServer, Slow, Text, running_model_server
+from tests.fakes.model_server import FakeModelServer, Slow, Text
 from tests.gateway.mesh.test_mesh import (
     ALICE,
     BOB,
     HELLO,
     KEY,
     MODEL,
-    SETTINGS,
     Agent,
     inbound,
     outbox,
@@ -42,24 +40,6 @@ from tests.gateway.mesh.test_mesh import (
 )
 
 BIG = "openai/fake-big"
-
-
-@pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    # pytest's tmp_path can be too long for a unix socket path (107 bytes).
-    with tempfile.TemporaryDirectory(prefix="stk-c-", dir="/tmp") as tmp:
-        yield Path(tmp) / "sockets"
-
-
-@pytest.fixture
-async def fake_model() -> AsyncIterator[FakeModelServer]:
-    async with running_model_server() as server:
-        yield server
-
-
-@pytest.fixture
-async def bus(redis: aioredis.Redis) -> Bus:
-    return Bus(redis, BusSettings())
 
 
 @pytest.fixture
@@ -75,13 +55,6 @@ async def calls(
     )
     async with model_calls(redis, socket_dir.parent / "calls", models, key=KEY, mesh=mesh) as built:
         yield built
-
-
-@pytest.fixture
-async def mesh(bus: Bus, calls: Calls, socket_dir: Path) -> AsyncIterator[Mesh]:
-    mesh = Mesh(bus, calls.calls, SETTINGS, socket_dir)
-    yield mesh
-    await mesh.aclose()
 
 
 @pytest.fixture

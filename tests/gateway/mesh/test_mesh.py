@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import stat
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ from tests.fakes.model_server import (
     Text,
     ToolCall,
     ToolCalls,
-    running_model_server,
 )
 
 KEY = "sk-test-provider-key-0123456789"
@@ -39,37 +37,12 @@ MAX_TOKENS = 256
 
 
 @pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    # pytest's tmp_path can be too long for a unix socket path (107 bytes).
-    with tempfile.TemporaryDirectory(prefix="stk-m-", dir="/tmp") as tmp:
-        yield Path(tmp) / "sockets"
-
-
-@pytest.fixture
-async def fake_model() -> AsyncIterator[FakeModelServer]:
-    async with running_model_server() as server:
-        yield server
-
-
-@pytest.fixture
-async def bus(redis: aioredis.Redis) -> Bus:
-    return Bus(redis, BusSettings())
-
-
-@pytest.fixture
 async def calls(
     redis: aioredis.Redis, fake_model: FakeModelServer, socket_dir: Path
 ) -> AsyncIterator[Calls]:
     models = {"default": priced_model(fake_model.url, MODEL, max_tokens=MAX_TOKENS)}
     async with model_calls(redis, socket_dir.parent / "calls", models, key=KEY) as built:
         yield built
-
-
-@pytest.fixture
-async def mesh(bus: Bus, calls: Calls, socket_dir: Path) -> AsyncIterator[Mesh]:
-    mesh = Mesh(bus, calls.calls, SETTINGS, socket_dir)
-    yield mesh
-    await mesh.aclose()
 
 
 class Agent:

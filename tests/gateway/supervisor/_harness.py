@@ -131,3 +131,12 @@ async def agent_stack(
                     await runtime.remove_workspace(user)
                 await mesh.aclose()
                 await client.aclose()
+
+
+async def wake_all(stack: Stack) -> None:
+    """Process every pending wake entry, then reconcile once."""
+    await stack.bus.ensure_group(WAKE_STREAM, "supervisor")
+    for delivery in await stack.bus.read(WAKE_STREAM, "supervisor", "s1", count=100, block_ms=10):
+        await stack.supervisor.handle_wake(delivery)
+        await stack.bus.ack(delivery)
+    await stack.supervisor.reconcile()

@@ -4,17 +4,14 @@ supervisor on a real Docker engine, with a memory figure, and dropped when the a
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from gateway.bus import WAKE_STREAM
 from gateway.supervisor import STATUS_KEY, AgentContainer, AgentStatus, alive_key, parse_status
 from gateway.supervisor._runtime import ContainerUsage, engine_time, memory_in_use
 from gateway.supervisor._status import stale_fields, statuses
-from tests.gateway.supervisor._harness import Stack, agent_stack
-from tests.services import RedisProcess
+from tests.gateway.supervisor._harness import Stack, wake_all
 
 
 def container(user: str, running: bool = True) -> AgentContainer:
@@ -82,22 +79,6 @@ def test_engine_time_reads_nanosecond_timestamps_and_never() -> None:
     assert engine_time("2024-05-01T10:00:00.123456789Z") == pytest.approx(1714557600.123456)
     assert engine_time("0001-01-01T00:00:00Z") is None
     assert engine_time("") is None
-
-
-@pytest.fixture
-async def stack(
-    redis_server: RedisProcess, agent_image: str, docker_engine: Any
-) -> AsyncIterator[Stack]:
-    async with agent_stack(redis_server.url, agent_image, docker_engine) as built:
-        yield built
-
-
-async def wake_all(stack: Stack) -> None:
-    await stack.bus.ensure_group(WAKE_STREAM, "supervisor")
-    for delivery in await stack.bus.read(WAKE_STREAM, "supervisor", "s1", count=100, block_ms=10):
-        await stack.supervisor.handle_wake(delivery)
-        await stack.bus.ack(delivery)
-    await stack.supervisor.reconcile()
 
 
 async def test_the_status_shows_a_running_agent_with_its_memory_until_it_is_gone(

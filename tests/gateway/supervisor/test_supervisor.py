@@ -4,34 +4,14 @@ restarted after a crash (telling the user once), stopped when idle, capped, and 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
-
-import pytest
 
 from gateway.bus import WAKE_STREAM
 from gateway.supervisor import container_name
 from gateway.supervisor._seccomp import security_opt
 from tests.fakes.model_server import Text
-from tests.gateway.supervisor._harness import SMALL, Stack, agent_stack
+from tests.gateway.supervisor._harness import SMALL, Stack, agent_stack, wake_all
 from tests.services import RedisProcess
-
-
-@pytest.fixture
-async def stack(
-    redis_server: RedisProcess, agent_image: str, docker_engine: Any
-) -> AsyncIterator[Stack]:
-    async with agent_stack(redis_server.url, agent_image, docker_engine) as built:
-        yield built
-
-
-async def wake_all(stack: Stack) -> None:
-    """Process every pending wake entry, then reconcile once."""
-    await stack.bus.ensure_group(WAKE_STREAM, "supervisor")
-    for delivery in await stack.bus.read(WAKE_STREAM, "supervisor", "s1", count=100, block_ms=10):
-        await stack.supervisor.handle_wake(delivery)
-        await stack.bus.ack(delivery)
-    await stack.supervisor.reconcile()
 
 
 def inspect(docker_engine: Any, user: str) -> dict[str, Any]:
