@@ -86,6 +86,16 @@ def _cpu_model() -> str:
     return platform.processor() or "?"
 
 
+def reference_loop_s() -> float:
+    """CPU seconds of a fixed pure-Python loop: this VM's speed varies by a fifth or more
+    from hour to hour, and figures from different runs compare only beside it."""
+    started = time.process_time()
+    total = 0
+    for i in range(5_000_000):
+        total += i
+    return round(time.process_time() - started, 2)
+
+
 def machine() -> dict[str, Any]:
     """The machine and the versions every figure was taken with."""
     docker = _tool_version(["docker", "version", "--format", "v={{.Server.Version}}"], "v=")
@@ -103,6 +113,7 @@ def machine() -> dict[str, Any]:
         "litellm": _package("litellm"),
         "python_telegram_bot": _package("python-telegram-bot"),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "reference_loop_s": reference_loop_s(),
     }
 
 
@@ -113,6 +124,11 @@ def machine_line(m: dict[str, Any]) -> str:
         f"Python {m['python']}, Docker engine {m['docker_engine']}, redis-server "
         f"{m['redis_server']}, redis-py {m['redis_py']}, LiteLLM {m['litellm']}, "
         f"python-telegram-bot {m['python_telegram_bot']}; {m['date']}"
+        + (
+            f"; a reference loop of 5M Python additions took {m['reference_loop_s']} s of CPU"
+            if "reference_loop_s" in m
+            else ""
+        )
     )
 
 
@@ -135,11 +151,14 @@ def read_figures(path: Path) -> list[Figure]:
     ]
 
 
-def merged(earlier: Sequence[Figure], new: Sequence[Figure], rerun: set[str]) -> list[Figure]:
+def merged(
+    earlier: Sequence[Figure], new: Sequence[Figure], rerun: set[str], order: Sequence[str] = ()
+) -> list[Figure]:
     """The new figures, plus the earlier ones of every bench this run did not repeat,
-    bench by bench: a partial run updates only its own benches."""
+    bench by bench: a partial run updates only its own benches. The benches named in
+    `order` come first, in that order; the others as they first appear."""
     kept = [f for f in earlier if f.bench not in rerun]
-    benches = list(dict.fromkeys(f.bench for f in [*earlier, *new]))
+    benches = list(dict.fromkeys([*order, *(f.bench for f in [*earlier, *new])]))
     every = [*kept, *new]
     return [f for bench in benches for f in every if f.bench == bench]
 

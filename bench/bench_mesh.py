@@ -25,6 +25,11 @@ private Redis, append-only file on, and its ledger on disk) and the key from the
 vault. Target: the mesh's overhead over the direct LiteLLM call (p50 difference), under
 5 ms for each body. It also shows how much of a warm turn (bench/bench_agents.py) is the
 model call and where that time goes.
+
+It also reports the gateway's CPU time per model call, and LiteLLM's part of it: the
+CPU of this process per call, less what the fake model itself costs here (the plain-HTTP
+way's). At one model call per message, that bounds the messages per second the machine's
+cores can carry, whatever else the pipeline does.
 """
 
 from __future__ import annotations
@@ -152,9 +157,21 @@ class Row:
     body: str
     first_ms: float
     samples_ms: list[float]
+    cpu_ms: float
+    """Mean CPU time of this (the gateway-side) process per call."""
 
     def cut(self, percent: int) -> float:
         return statistics.quantiles(self.samples_ms, n=100, method="inclusive")[percent - 1]
+
+
+def cpu_per_call_ms(rows: list[Row], body: str) -> tuple[float, float]:
+    """The gateway's CPU per call (mesh, checks, Redis client, LiteLLM) and LiteLLM's alone.
+
+    The fake model runs in this process too; its share is what the plain-HTTP way costs
+    here (the client is the other process), and it is taken off both."""
+    by_way = {r.way: r for r in rows if r.body == body}
+    fake = by_way["fake"].cpu_ms
+    return by_way["mesh"].cpu_ms - fake, by_way["litellm"].cpu_ms - fake
 
 
 class AgentProcess:
@@ -255,17 +272,32 @@ async def measure(calls: int, warmup: int) -> list[Row]:
                 }
                 pairs = [(way, kind) for kind in BODIES for way in WAYS]
                 samples: dict[tuple[str, str], list[float]] = {pair: [] for pair in pairs}
+                cpu: dict[tuple[str, str], float] = dict.fromkeys(pairs, 0.0)
                 for i in range(warmup + calls):
                     shift = i % len(pairs)
                     for way, kind in pairs[shift:] + pairs[:shift]:
+                        # Finished work the call set off (LiteLLM's logging task, the
+                        # budget's settlement) runs before the next call's clock starts.
+                        await asyncio.sleep(0)
+                        before = time.process_time()
                         samples[way, kind].append(await how[way](kind) * 1000)
+                        await asyncio.sleep(0.001)
+                        if i >= warmup:
+                            cpu[way, kind] += time.process_time() - before
             finally:
                 if agent is not None:
                     await agent.aclose()
                 await mesh.aclose()
                 await client.aclose()
     return [
-        Row(way, kind, samples[way, kind][0], samples[way, kind][warmup:]) for way, kind in pairs
+        Row(
+            way,
+            kind,
+            samples[way, kind][0],
+            samples[way, kind][warmup:],
+            cpu[way, kind] * 1000 / calls,
+        )
+        for way, kind in pairs
     ]
 
 
@@ -301,6 +333,11 @@ def main(calls: int, warmup: int) -> int:
             f"{by_way['litellm'].cut(50) - by_way['fake'].cut(50):.2f} ms; "
             f"the mesh's (p50, mesh - LiteLLM): "
             f"{by_way['mesh'].cut(50) - by_way['litellm'].cut(50):.2f} ms"
+        )
+        gateway, litellm = cpu_per_call_ms(rows, kind)
+        print(
+            f"  gateway CPU per model call: {gateway:.2f} ms, of which LiteLLM {litellm:.2f} ms; "
+            f"the most calls 2 cores could make: {2000 / gateway:.0f}/s"
         )
     overheads = {
         kind: next(r for r in rows if r.body == kind and r.way == "mesh").cut(50)

@@ -5,10 +5,19 @@
                                              [--depth D] [--model-delay X]
                                              [--light-rate R2] [--light-seconds S2]
                                              [--only overhead|throughput] [--model M]
+                                             [--shape up|apart]
 
-The real pipeline, as production runs it: `stockade up` as a subprocess (no `-v`: debug
-logging is not the production shape and costs CPU per message) with its private Redis,
-the vault, the supervisor on the Docker engine with the test agent image
+The real pipeline, as production runs it, in one of two shapes (`--shape`):
+
+  up     `stockade up` as a subprocess: every role in one process, with its private Redis
+         (the default)
+  apart  redis-server (append-only, as `up` runs it) and `stockade run router`, `stockade
+         run channels` and `stockade run agents`, each its own process, as an operator
+         spreads the roles over the cores of one machine (the processes of
+         `tests/apart.py`, which the chaos test also runs)
+
+No `-v` in either: debug logging is not the production shape and costs CPU per message.
+With the gateway: the vault, the supervisor on the Docker engine with the test agent image
 `stockade-test-agent`; Telegram enabled against the wire-level fake Bot API of
 `tests/fakes/telegram.py`; the fake OpenAI-compatible model of
 `tests/fakes/model_server.py`, answering at once or after `--model-delay` s, called
@@ -39,6 +48,13 @@ and a message's latency is not a long poll's batching.
               replies per second over the last three quarters of it (the first quarter is
               ramp). Target: >= 300 msg/s.
 
+Both phases also give the CPU ms per answered message, by process: the gateway (`up`) or
+each role (`apart`: router, channels, agents role), its redis-server, this process (the
+fakes and the load), the Docker engine, and what is left of the whole machine's busy time
+(the agent containers and other work). Every figure's name ends with its shape ("stockade
+up" or "roles apart"), and bench/run_all.py files them under the benches `pipeline` and
+`pipeline-apart`.
+
 Exits 1 when a target is missed. Every container and workspace volume the run made is
 removed at the end, also on failure or Ctrl-C.
 """
@@ -56,7 +72,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -73,10 +89,12 @@ from gateway.supervisor import ensure_image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fakes and bench
 
 from bench._report import Figure, cut, load, machine, machine_line, ms
+from tests.apart import Pipeline, running_pipeline
 from tests.fakes._serve import serving
+from tests.fakes.model_server import FakeModelServer, running_model_server
 from tests.fakes.telegram import FakeTelegram, user
-from tests.services import TEST_IMAGE
-from tests.test_end_to_end import Gateway, started
+from tests.services import TEST_IMAGE, require
+from tests.test_end_to_end import started
 
 TARGET_P50_S: Final = 0.015
 TARGET_P99_S: Final = 0.060
@@ -89,6 +107,14 @@ DRAIN_TIMEOUT_S: Final = 60.0
 UP_TIMEOUT_S: Final = 120.0
 STAGES: Final = ("fake → channel", "channel → bus", "router", "agent turn", "bus → reply sent")
 COMMAND: Final = ".venv/bin/python bench/bench_pipeline.py"
+SHAPES: Final = {"up": "stockade up", "apart": "roles apart"}
+"""How the gateway runs; every figure's name ends with its shape's words."""
+SHAPE_DETAIL: Final = {
+    "up": "every role in one process, its private redis-server",
+    "apart": "redis-server, `stockade run router`, `run channels`, `run agents`",
+}
+BENCHES: Final = {"up": "pipeline", "apart": "pipeline-apart"}
+"""The bench each shape's figures belong to in bench/run_all.py's report."""
 
 
 # -- the fake Bot API, resolving each message's wait when its reply arrives -----------------
@@ -164,7 +190,7 @@ class Outbox:
             self.refused += 1
 
 
-# -- `stockade up`, quiet --------------------------------------------------------------------
+# -- the gateway, in one process or with its roles apart, quiet ------------------------------
 
 
 def free_port() -> int:
@@ -196,6 +222,88 @@ def bench_environment(options: argparse.Namespace, fake: FakeTelegram) -> dict[s
         "STOCKADE_BUDGET__USER__MONTHLY_USD": "100000",
         "STOCKADE_BUDGET__TOTAL__MONTHLY_USD": "1000000",
     }
+
+
+@dataclass
+class Running:
+    """The pipeline under test, in either shape: what the benchmark reads of it."""
+
+    redis_socket: Path
+    model: FakeModelServer
+    processes: Callable[[], dict[str, list[int]]]
+    """The gateway's processes by who they are, read at each CPU reading (pids change when
+    a role is restarted)."""
+    log: Callable[[], list[str]]
+    """Every line the gateway's processes logged so far."""
+    restarts: Callable[[], dict[str, list[int]]]
+    """The exit statuses of roles that died and were started again, by role."""
+
+
+@contextlib.asynccontextmanager
+async def running(shape: str, extra_env: dict[str, str]) -> AsyncIterator[Running]:
+    """The gateway with the test's environment plus `extra_env`, up and beating.
+
+    up: `stockade up`, every role in one process with its private redis-server.
+    apart: redis-server (append-only, as `up`'s) and `stockade run router`, `stockade run
+    channels` and `stockade run agents`, each its own process, as an operator spreads them
+    over the cores of one machine."""
+    if shape == "up":
+        async with started(extra_env, verbose=False) as gateway:
+            pid = gateway.proc.pid
+            yield Running(
+                gateway.data_dir / "redis" / "redis.sock",
+                gateway.model,
+                lambda: {"gateway": [pid], "its redis": children(pid)},
+                lambda: [line.decode(errors="replace") for line in gateway.log],
+                lambda: {},
+            )
+        return
+    require("redis-server", "redis-server")
+    async with running_model_server() as model:
+        # Short path: the Redis socket and the agents' sockets live in here.
+        with tempfile.TemporaryDirectory(prefix="stk-bp-", dir="/tmp") as tmp:
+            async with running_pipeline(Path(tmp), model.url, extra_env) as pipeline:
+                await pipeline.up(UP_TIMEOUT_S)
+                yield Running(
+                    pipeline.redis_socket,
+                    model,
+                    lambda: role_processes(pipeline),
+                    lambda: role_log(pipeline),
+                    pipeline.unexpected_exits,
+                )
+
+
+ROLE_NAMES: Final = {"router": "router", "channels": "channels", "agents": "agents role"}
+"""How the CPU line names each role's process: "agents" alone reads as the containers."""
+
+
+def role_processes(pipeline: Pipeline) -> dict[str, list[int]]:
+    """Each role's process (with any children) and redis-server, by who they are."""
+    found: dict[str, list[int]] = {}
+    for role, service in pipeline.services.items():
+        pid = service.proc.pid if service.proc is not None else None
+        found[ROLE_NAMES.get(role, role)] = [pid, *children(pid)] if pid else []
+    found["its redis"] = [pipeline.redis.proc.pid] if pipeline.redis.proc else []
+    return found
+
+
+def role_log(pipeline: Pipeline) -> list[str]:
+    lines: list[str] = []
+    for role in pipeline.services:
+        for path in pipeline.logs(role):
+            with contextlib.suppress(OSError):
+                lines += [
+                    f"{role}: {line}" for line in path.read_text(errors="replace").splitlines()
+                ]
+    return lines
+
+
+def log_summary(log: list[str]) -> str:
+    """How many warnings and errors the gateway logged, and the first few of them."""
+    warnings = [line for line in log if " WARNING " in line]
+    errors = [line for line in log if " ERROR " in line or " CRITICAL " in line]
+    first = [line.strip()[:200] for line in (errors + warnings)[:3]]
+    return f"{len(warnings)} warnings, {len(errors)} errors" + "".join(f"\n    {f}" for f in first)
 
 
 # -- the phases ------------------------------------------------------------------------------
@@ -275,9 +383,9 @@ def entry_s(entry_id: str) -> float:
     return int(entry_id.split("-", 1)[0]) / 1000
 
 
-async def stages(gateway: Gateway, timed: list[Timed]) -> dict[str, list[float]]:
+async def stages(gateway: Running, timed: list[Timed]) -> dict[str, list[float]]:
     """Each answered message's time in each stage, from the bus entries it left."""
-    client = aioredis.Redis(unix_socket_path=str(gateway.data_dir / "redis" / "redis.sock"))
+    client = aioredis.Redis(unix_socket_path=str(gateway.redis_socket))
     try:
         inbound: dict[str, tuple[float, float]] = {}
         async for entry_id, fields in entries(client, IN_STREAM):
@@ -367,19 +475,21 @@ def machine_busy_s() -> float:
 
 @dataclass(frozen=True)
 class Cpu:
-    gateway: float
-    """`stockade up`: channels, router, supervisor and mesh in one process."""
-    redis: float
+    gateway: dict[str, float]
+    """By process: "gateway" (`stockade up`: channels, router, supervisor and mesh in one
+    process) and "its redis"; or, roles apart, each role's process and "its redis"."""
     bench: float
     """This process: the Telegram and model fakes and the load generator."""
     engine: float
     machine: float
 
     @classmethod
-    def now(cls, gateway: Gateway) -> Cpu:
+    def now(cls, gateway: Running) -> Cpu:
         return cls(
-            process_cpu_s(gateway.proc.pid),
-            sum(process_cpu_s(pid) for pid in children(gateway.proc.pid)),
+            {
+                who: sum(process_cpu_s(pid) for pid in pids)
+                for who, pids in gateway.processes().items()
+            },
             process_cpu_s(os.getpid()),
             engine_cpu_s(),
             machine_busy_s(),
@@ -390,15 +500,14 @@ class Cpu:
         cores each kept busy (a process near 1.0 is the limit: one event loop)."""
         if messages == 0 or seconds <= 0:
             return "no messages"
-        each = {
-            "gateway": later.gateway - self.gateway,
-            "its redis": later.redis - self.redis,
+        each = {who: later.gateway.get(who, 0.0) - s for who, s in self.gateway.items()}
+        each |= {
             "bench + fakes": later.bench - self.bench,
             "docker engine": later.engine - self.engine,
             "whole machine": later.machine - self.machine,
         }
         named = sum(each.values()) - each["whole machine"]
-        each["agents and other work"] = each["whole machine"] - named
+        each["agent containers and other work"] = each["whole machine"] - named
         return ", ".join(
             f"{who} {s * 1000 / messages:.1f} ({s / seconds:.2f} cores)" for who, s in each.items()
         )
@@ -431,7 +540,7 @@ async def warm_up(outbox: Outbox, senders: list[int], options: argparse.Namespac
 
 
 async def overhead(
-    gateway: Gateway,
+    gateway: Running,
     outbox: Outbox,
     senders: list[int],
     options: argparse.Namespace,
@@ -452,6 +561,7 @@ async def overhead(
     load_text = f"{loads[0]:.2f} → {loads[1]:.2f}"
     command = command_line(options, "overhead")
     what = f"{len(sent)} messages, {len(senders)} users, {rate:g} msg/s, {seconds:g} s"
+    shape, bench = SHAPES[options.shape], BENCHES[options.shape]
     result.lines.append(f"overhead: {what}; load {load_text}")
     result.lines.append(
         f"  p50 {ms(p50)} ms  p95 {ms(p95)} ms  p99 {ms(p99)} ms  max {ms(max(took, default=0))} "
@@ -459,17 +569,18 @@ async def overhead(
     )
     result.lines.append(f"  CPU ms per answered message (cores busy): {cpu}")
     result.figures += [
-        Figure("pipeline", f"end-to-end overhead p50 ({what})", f"{ms(p50)} ms",
+        Figure(bench, f"end-to-end overhead p50 ({what}; {shape})", f"{ms(p50)} ms",
                "< 15 ms" if judged else "-", p50 < TARGET_P50_S if judged else None, command,
                load_text),
-        Figure("pipeline", f"end-to-end overhead p95 ({rate:g} msg/s)", f"{ms(p95)} ms", "-",
-               None, command, load_text),
-        Figure("pipeline", f"end-to-end overhead p99 ({rate:g} msg/s)", f"{ms(p99)} ms",
+        Figure(bench, f"end-to-end overhead p95 ({rate:g} msg/s; {shape})", f"{ms(p95)} ms",
+               "-", None, command, load_text),
+        Figure(bench, f"end-to-end overhead p99 ({rate:g} msg/s; {shape})", f"{ms(p99)} ms",
                "< 60 ms" if judged else "-", p99 < TARGET_P99_S if judged else None, command,
                load_text),
-        Figure("pipeline", f"CPU ms per answered message (cores busy), {rate:g} msg/s", cpu,
-               "-", None, command, load_text),
-        Figure("pipeline", f"messages unanswered within {DRAIN_TIMEOUT_S:g} s ({rate:g} msg/s)",
+        Figure(bench, f"CPU ms per answered message (cores busy), {rate:g} msg/s ({shape})",
+               cpu, "-", None, command, load_text),
+        Figure(bench,
+               f"messages unanswered within {DRAIN_TIMEOUT_S:g} s ({rate:g} msg/s; {shape})",
                str(missing), "0", missing == 0, command, load_text),
     ]  # fmt: skip
     parts = await stages(gateway, timed)
@@ -480,8 +591,8 @@ async def overhead(
     breakdown = "; ".join(shown)
     result.lines.append(f"  where the time goes, p50 / p99 ms (ms-resolution marks): {breakdown}")
     result.figures.append(
-        Figure("pipeline", f"… where the time goes at {rate:g} msg/s, p50 / p99 ms", breakdown,
-               "-", None, command, load_text)
+        Figure(bench, f"… where the time goes at {rate:g} msg/s, p50 / p99 ms ({shape})",
+               breakdown, "-", None, command, load_text)
     )  # fmt: skip
     return result
 
@@ -493,7 +604,7 @@ async def drained(fake: ReplyingTelegram) -> int:
 
 
 async def throughput(
-    gateway: Gateway, outbox: Outbox, senders: list[int], options: argparse.Namespace
+    gateway: Running, outbox: Outbox, senders: list[int], options: argparse.Namespace
 ) -> Result:
     result = Result()
     loads = [load()]
@@ -507,6 +618,7 @@ async def throughput(
     rate = sum(1 for at in closed.answered if at >= ramp) / window
     load_text = f"{loads[0]:.2f} → {loads[1]:.2f}"
     in_flight = options.users * options.depth
+    shape, bench = SHAPES[options.shape], BENCHES[options.shape]
     result.lines.append(
         f"throughput: {in_flight} in flight ({options.users} users x {options.depth}), "
         f"{options.throughput_seconds:g} s: {rate:.0f} replies/s over the last {window:g} s; "
@@ -514,20 +626,23 @@ async def throughput(
     )
     result.lines.append(f"  CPU ms per answered message (cores busy): {cpu}")
     result.figures.append(
-        Figure("pipeline",
-               f"sustained throughput, {options.users} users, warm agents, {in_flight} in flight",
+        Figure(bench,
+               f"sustained throughput, {options.users} users, warm agents, {in_flight} in flight "
+               f"({shape})",
                f"{rate:.0f} msg/s", ">= 300 msg/s", rate >= TARGET_RATE,
                command_line(options, "throughput"), load_text)
     )  # fmt: skip
     result.figures.append(
-        Figure("pipeline", "CPU ms per answered message (cores busy), throughput", cpu, "-", None,
-               command_line(options, "throughput"), load_text)
+        Figure(bench, f"CPU ms per answered message (cores busy), throughput ({shape})", cpu, "-",
+               None, command_line(options, "throughput"), load_text)
     )  # fmt: skip
     return result
 
 
 def command_line(options: argparse.Namespace, only: str) -> str:
     parts = [COMMAND, "--only", only]
+    if options.shape != "up":
+        parts += ["--shape", options.shape]
     if options.users != 50:
         parts += ["--users", str(options.users)]
     if options.model_delay:
@@ -544,7 +659,7 @@ def command_line(options: argparse.Namespace, only: str) -> str:
 
 
 async def measure(options: argparse.Namespace) -> Result:
-    """Both phases (or `options.only`), one `stockade up` for both; figures and printed lines."""
+    """Both phases (or `options.only`), one gateway for both; figures and printed lines."""
     print("checking the agent image (a first build takes about a minute)", flush=True)
     with tempfile.TemporaryDirectory(prefix="stk-bp-", dir="/tmp") as data:
         await ensure_image(TEST_IMAGE, DockerSettings(), Path(data))
@@ -552,7 +667,7 @@ async def measure(options: argparse.Namespace) -> Result:
     result = Result()
     async with (
         running_fake() as fake,
-        started(bench_environment(options, fake), verbose=False) as gateway,
+        running(options.shape, bench_environment(options, fake)) as gateway,
     ):
         gateway.model.delay_s = options.model_delay
         await fake.webhook_set(30)
@@ -581,6 +696,9 @@ async def measure(options: argparse.Namespace) -> Result:
             async with asyncio.timeout(DRAIN_TIMEOUT_S):
                 while outbox.tasks:
                     await asyncio.gather(*outbox.tasks, return_exceptions=True)
+        if restarts := gateway.restarts():
+            result.lines.append(f"roles that died and were restarted (exit statuses): {restarts}")
+        result.lines.append(f"gateway log: {log_summary(gateway.log())}")
     return result
 
 
@@ -589,6 +707,7 @@ def main(options: argparse.Namespace) -> int:
     print()
     print(machine_line(machine()))
     print(f"model {options.model}, answering after {options.model_delay:g} s; Telegram webhook")
+    print(f"gateway: {SHAPES[options.shape]} ({SHAPE_DETAIL[options.shape]})")
     for line in result.lines:
         print(line)
     for f in result.figures:
@@ -615,6 +734,9 @@ def parser() -> argparse.ArgumentParser:
     found.add_argument("--depth", type=int, default=2, help="messages in flight per user")
     found.add_argument("--model-delay", type=float, default=0.0, help="the fake model's delay, s")
     found.add_argument("--only", choices=("overhead", "throughput"))
+    found.add_argument(
+        "--shape", choices=tuple(SHAPES), default="up", help="`stockade up`, or each role apart"
+    )
     found.add_argument("--model", default="hosted_vllm/fake", help="LiteLLM model string")
     return found
 

@@ -12,6 +12,9 @@ code (every one still runs alone with the command its figures name):
             throughput across 50 users with warm agents (`stockade up`, Telegram webhook
             against its fake, real Redis, real agent containers, the fake model through
             LiteLLM)
+  pipeline-apart
+            bench/bench_pipeline.py --shape apart: the same, with redis-server and
+            `stockade run router`, `run channels` and `run agents` each its own process
   cold      bench/bench_agents.py --only cold: a new user's first message → reply
   idle      bench/bench_agents.py --only idle: memory per idle agent, how many run at
             once, and how many idle agents this machine holds by its memory
@@ -56,7 +59,7 @@ from bench._report import (
 )
 
 HERE: Final = Path(__file__).resolve().parent
-BENCHES: Final = ("pipeline", "cold", "idle", "mesh", "budget")
+BENCHES: Final = ("pipeline", "pipeline-apart", "cold", "idle", "mesh", "budget")
 LOAD_WAIT_S: Final = 180.0
 """How long to wait for a quiet machine before a bench runs anyway (and says so)."""
 
@@ -69,9 +72,10 @@ def wait_for_quiet(max_load: float) -> str:
     return "" if now < max_load else f"ran at load {now:.2f} (over {max_load:g} for 3 min)"
 
 
-def pipeline(options: argparse.Namespace) -> list[Figure]:
-    args = ["--seconds", "8", "--warmup", "2", "--throughput-seconds", "8"] if options.quick else []
+def pipeline(shape: str, options: argparse.Namespace) -> list[Figure]:
+    args = ["--shape", shape]
     if options.quick:
+        args += ["--seconds", "8", "--warmup", "2", "--throughput-seconds", "8"]
         args += ["--users", "10", "--rate", "10"]
     parsed = bench_pipeline.parser().parse_args(args)
     result = asyncio.run(bench_pipeline.measure(parsed))
@@ -115,6 +119,17 @@ def mesh(options: argparse.Namespace) -> list[Figure]:
                 command,
             )
         )
+        gateway, litellm = bench_mesh.cpu_per_call_ms(rows, body)
+        found.append(
+            Figure(
+                "mesh",
+                f"gateway CPU per model call ({size} messages)",
+                f"{gateway:.2f} ms, of which LiteLLM {litellm:.2f} ms: at most "
+                f"{2000 / gateway:.0f} calls/s on 2 cores, {2000 / litellm:.0f}/s for "
+                "LiteLLM alone",
+                command=command,
+            )
+        )
     return found
 
 
@@ -141,7 +156,8 @@ def budget(options: argparse.Namespace) -> list[Figure]:
 def run(options: argparse.Namespace) -> tuple[list[Figure], list[str], bool]:
     """Every chosen bench: its figures, notes on how they were taken, and whether all ran."""
     runs: dict[str, Callable[[], list[Figure]]] = {
-        "pipeline": lambda: pipeline(options),
+        "pipeline": lambda: pipeline("up", options),
+        "pipeline-apart": lambda: pipeline("apart", options),
         "cold": lambda: agents("cold", options),
         "idle": lambda: agents("idle", options),
         "mesh": lambda: mesh(options),
@@ -203,12 +219,12 @@ def main(options: argparse.Namespace) -> int:
     figures, run_notes, complete = run(options)
     print()
     for f in figures:
-        print(f"{f.bench:<9} {f.name[:60]:<60} {f.result[:48]:<48} {f.target:<14} {f.verdict}")
+        print(f"{f.bench:<14} {f.name[:60]:<60} {f.result[:48]:<48} {f.target:<14} {f.verdict}")
     for note in summary_notes(figures) + run_notes:
         print(note)
     if options.write and (not options.quick or options.write_quick):
         rerun = {f.bench for f in figures}
-        kept = merged(read_figures(HERE / "results.json"), figures, rerun)
+        kept = merged(read_figures(HERE / "results.json"), figures, rerun, BENCHES)
         write_json(HERE / "results.json", command, found_machine, kept)
         results = HERE / "RESULTS.md"
         document = results.read_text() if results.exists() else "# Benchmark results\n"

@@ -17,7 +17,7 @@ import logging
 from typing import Final
 
 from gateway.audit import AuditLog
-from gateway.bus import IN_STREAM, WAKE_STREAM, Bus, Delivery, agent_stream, out_stream
+from gateway.bus import IN_STREAM, WAKE_STREAM, Bus, Delivery, agent_stream, by_sender, out_stream
 from gateway.commands import CommandContext, Invocation, Registry
 from gateway.envelope import Envelope, Inbound, reply
 from gateway.errors import EnvelopeError
@@ -190,5 +190,5 @@ class Router:
             await self._bus.ack(delivery)
 
     async def run(self, consumer: str) -> None:
-        """Route until cancelled."""
-        await self._bus.consume(IN_STREAM, ROUTER_GROUP, consumer, self.handle)
+        """Route until cancelled: different senders' messages at once, each one's in order."""
+        await self._bus.consume(IN_STREAM, ROUTER_GROUP, consumer, self.handle, lane=by_sender)

@@ -144,6 +144,8 @@ class MeshSettings(_Part):
     """Longest reply an agent may send; longer replies are cut with a note."""
     next_wait_s: float = Field(default=20.0, gt=0, le=300)
     """How long a request for the next message waits before answering "nothing yet"."""
+    typing_after_s: float = Field(default=1.0, ge=0, le=60)
+    """How long a turn may take before its channel shows "typing…"; a quicker one shows none."""
     allowed_models: list[str] = [DEFAULT_MODEL]
     """Entries of [models] every agent may call; the first is used when an agent names none."""
     allowed_models_by_user: dict[str, list[str]] = {}

@@ -104,6 +104,8 @@ max_request_bytes = 1000000
 max_reply_chars = 20000
 # How long an agent's request for its next message waits (seconds).
 next_wait_s = 20.0
+# A turn taking longer than this (seconds) shows "typing…" in its chat; a quicker one shows none.
+typing_after_s = 1.0
 # The [models] every agent may call; the first is used when the agent names none.
 allowed_models = ["default"]
 # Per-user replacements, by internal user id:

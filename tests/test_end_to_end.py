@@ -340,6 +340,8 @@ async def test_a_telegram_photo_reaches_the_agents_workspace_and_the_answer_goes
             "STOCKADE_CHANNELS__TELEGRAM__TOKEN": telegram.token,
             "STOCKADE_CHANNELS__TELEGRAM__API_BASE": telegram.api_base,
             "STOCKADE_CHANNELS__TELEGRAM__POLL_TIMEOUT_S": "1",
+            # The fake model answers at once: show typing without the usual delay.
+            "STOCKADE_MESH__TYPING_AFTER_S": "0",
         }
         async with started(extra) as gateway:
             gateway.model.push(Text("A fine **picture**."))

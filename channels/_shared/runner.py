@@ -12,7 +12,7 @@ from typing import Final
 from channels._shared.ratelimit import RateLimiter
 from channels._shared.retry import typing_keepalive
 from channels.base import Admission, Channel
-from gateway.bus import IN_STREAM, Bus, Delivery, TypingCue, out_stream
+from gateway.bus import IN_STREAM, Bus, Delivery, TypingCue, by_conversation, out_stream
 from gateway.envelope import Inbound, Outbound
 from gateway.errors import EnvelopeError, RedisUnavailable
 
@@ -115,7 +115,10 @@ async def run_channel(
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(channel.receive(publish), name=f"{channel.name} receive")
             tasks.create_task(
-                bus.consume(out_stream(channel.name), group, consumer, deliver),
+                # Each chat's replies in order; a slow chat does not hold up the others.
+                bus.consume(
+                    out_stream(channel.name), group, consumer, deliver, lane=by_conversation
+                ),
                 name=f"{channel.name} send",
             )
             if cues is not None and channel.capabilities.typing:

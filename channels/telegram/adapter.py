@@ -26,7 +26,6 @@ import aiohttp
 from telegram import Bot, BotCommand, LinkPreviewOptions, ReplyParameters
 from telegram.constants import ChatAction
 from telegram.error import BadRequest, Conflict, NetworkError, RetryAfter, TelegramError, TimedOut
-from telegram.request import HTTPXRequest
 
 from channels._shared.chunking import TELEGRAM_LIMIT, chunk_telegram_html
 from channels._shared.markdown import to_telegram_html
@@ -114,7 +113,7 @@ class TelegramChannel:
             token,
             base_url=f"{api_base}/bot",
             base_file_url=self._file_prefix,
-            request=HTTPXRequest(connection_pool_size=16),
+            request=AiohttpRequest(connections=16),
             get_updates_request=self._poller,  # so the Bot opens and closes it
         )
         self._identity: convert.BotIdentity | None = None

@@ -8,7 +8,8 @@ from __future__ import annotations
 from gateway.bus._blobs import Blobs, blob_id
 from gateway.bus._cues import TypingCue, announce_typing, typing_cues
 from gateway.bus._deliveries import Deliveries, Receipt, failed_stream
-from gateway.bus._streams import Bus, DeadLetter, Delivery, Handler, keys
+from gateway.bus._lanes import by_conversation, by_sender
+from gateway.bus._streams import Bus, DeadLetter, Delivery, Handler, Lane, keys
 
 IN_STREAM = keys.IN_STREAM
 WAKE_STREAM = keys.WAKE_STREAM
@@ -25,11 +26,14 @@ __all__ = [
     "Deliveries",
     "Delivery",
     "Handler",
+    "Lane",
     "Receipt",
     "TypingCue",
     "agent_stream",
     "announce_typing",
     "blob_id",
+    "by_conversation",
+    "by_sender",
     "dead_letter_stream",
     "failed_stream",
     "keys",

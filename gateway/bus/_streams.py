@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Literal, cast
@@ -69,6 +69,8 @@ class Delivery:
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
+Lane = Callable[[Delivery], Hashable]
+"""Which entries must be handled in order: those with the same lane."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -618,12 +620,25 @@ class Bus:
 
     # -- the consumer loop -----------------------------------------------------------
 
-    async def consume(self, stream: str, group: str, consumer: str, handler: Handler) -> None:
+    async def consume(
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        handler: Handler,
+        *,
+        lane: Lane | None = None,
+    ) -> None:
         """Run `handler` on every entry for `consumer` until cancelled.
 
         Entries whose handler returns are acked, a batch at a time; a handler that
         raises is logged and its entry `fail`ed. While Redis is unreachable the
         loop waits with a capped backoff and logs once per outage.
+
+        Without `lane`, a batch is handled one entry after another. With it, entries
+        of different lanes are handled at the same time and those of one lane in
+        stream order: a handler that waits on the network then no longer holds up
+        everyone else's entries behind it.
         """
         key = (stream, group, consumer)
         backoff = _BACKOFF_MIN_S
@@ -650,18 +665,13 @@ class Bus:
                     continue
                 read_at = time.monotonic()
                 done: list[Delivery] = []
-                for index, delivery in enumerate(batch):
-                    started = time.monotonic()
-                    if started - read_at > too_old_s:
-                        log.warning(
-                            "handlers on %s are slow for claim_idle_ms; %d entries left to reclaim",
-                            stream,
-                            len(batch) - index,
-                        )
-                        break
-                    await self._handle(handler, delivery, done)
-                    took = time.monotonic() - started
-                    handler_s = took if handler_s is None else 0.8 * handler_s + 0.2 * took
+                if lane is None:
+                    await self._in_order(handler, batch, done, read_at + too_old_s)
+                else:
+                    await self._in_lanes(handler, batch, lane, done, read_at + too_old_s)
+                # The time one entry holds the batch up, for sizing the next batch.
+                took = (time.monotonic() - read_at) / len(batch)
+                handler_s = took if handler_s is None else 0.8 * handler_s + 0.2 * took
                 if done:
                     with _redis_errors:
                         await self._ack(stream, group, done)
@@ -686,6 +696,42 @@ class Bus:
                 log.warning("group %s of %s disappeared; creating it again", group, stream)
                 self._forget(key)
                 ready = False
+
+    async def _in_order(
+        self, handler: Handler, deliveries: list[Delivery], done: list[Delivery], until: float
+    ) -> None:
+        for index, delivery in enumerate(deliveries):
+            if time.monotonic() > until:
+                log.warning(
+                    "handlers on %s are slow for claim_idle_ms; %d entries left to reclaim",
+                    delivery.stream,
+                    len(deliveries) - index,
+                )
+                return
+            await self._handle(handler, delivery, done)
+
+    async def _in_lanes(
+        self,
+        handler: Handler,
+        batch: list[Delivery],
+        lane: Lane,
+        done: list[Delivery],
+        until: float,
+    ) -> None:
+        lanes: dict[Hashable, list[Delivery]] = {}
+        for delivery in batch:
+            lanes.setdefault(lane(delivery), []).append(delivery)
+        if len(lanes) == 1:
+            await self._in_order(handler, batch, done, until)
+            return
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for deliveries in lanes.values():
+                    tasks.create_task(self._in_order(handler, deliveries, done, until))
+        except* RedisUnavailable as lost:
+            # `_handle` lets only this through; the other lanes were cancelled with it,
+            # and their entries stay pending for the next read.
+            raise lost.exceptions[0] from None
 
     async def _handle(self, handler: Handler, delivery: Delivery, done: list[Delivery]) -> None:
         try:

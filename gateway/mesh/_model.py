@@ -115,17 +115,44 @@ def backoff_s(attempt: int) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
+def _register(litellm: Any, name: str, prices: tuple[float, float]) -> None:
+    """Give LiteLLM the configured price of `name`.
+
+    LiteLLM prices every answer itself too, for its own bookkeeping; for a model missing
+    from its cost map that is a slow search of the map on every call (about 1.5 ms of
+    CPU here, a fifth of a call's cost). Our bills still come from the configured price.
+    """
+    provider, _, _ = name.partition("/")
+    entry: dict[str, object] = {
+        "input_cost_per_token": prices[0],
+        "output_cost_per_token": prices[1],
+        "mode": "chat",
+    }
+    if provider and provider != name:
+        entry["litellm_provider"] = provider
+    litellm_log = logging.getLogger("LiteLLM")
+    level = litellm_log.level
+    # It warns that cache-read prices default to 0 for a model it does not know.
+    litellm_log.setLevel(logging.ERROR)
+    try:
+        litellm.register_model({name: entry})
+    finally:
+        litellm_log.setLevel(level)
+
+
 async def price_per_token(settings: ModelSettings) -> tuple[float, float] | None:
     """USD per input and per output token: the configured price, else LiteLLM's cost map.
 
     None when neither knows the model: the caller refuses to spend on it.
     """
+    litellm, _ = await _litellm()
     if settings.price is not None:
-        return (
+        prices = (
             settings.price.input_usd_per_mtok / 1_000_000,
             settings.price.output_usd_per_mtok / 1_000_000,
         )
-    litellm, _ = await _litellm()
+        _register(litellm, settings.name, prices)
+        return prices
     try:
         info = litellm.get_model_info(settings.name)
     except litellm.exceptions.ModelNotMappedError:

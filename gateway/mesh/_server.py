@@ -38,6 +38,7 @@ from gateway.bus import (
 )
 from gateway.envelope import Inbound, reply
 from gateway.errors import RedisUnavailable, StaleDelivery
+from gateway.mesh._answers import TurnAnswers
 from gateway.mesh._calls import ModelCalls
 from gateway.mesh._controls import STOPPED_TEXT, stopped
 from gateway.mesh._protocol import (
@@ -186,9 +187,14 @@ class Door:
         they get the first call's answer (or wait for it) instead of running, and being
         paid for, twice."""
         self._replaying = False
-        """The turns were handed out again to a restarted agent (`requeue_open`): only
-        then is a repeated request answered from the first; otherwise an agent asking
-        the same twice (for another sample) gets a new answer."""
+        """The turns were handed out again to a restarted agent (`requeue_open`), or the
+        bus delivered the turn before (the mesh restarted too): only then is a repeated
+        request answered from the first; otherwise an agent asking the same twice (for
+        another sample) gets a new answer."""
+        self._recorded = TurnAnswers(redis, user_id) if redis is not None else None
+        """The current turn's answers in Redis, for a replay after the mesh restarted."""
+        self._turn: str | None = None
+        """The turn handed out last: the one the agent's model calls belong to."""
 
     def _app(self) -> web.Application:
         app = web.Application(
@@ -387,25 +393,34 @@ class Door:
     def _hand_out(self, delivery: Delivery, inbound: Inbound) -> web.Response:
         self._stopped = False
         if delivery.entry_id not in self._turns:
-            # A new turn: the last one's answers can never be asked for again.
+            # A new turn: the last one's answers can never be asked for again. One the
+            # bus delivered before may have called the model before a restart.
             self._answers.clear()
-            self._replaying = False
+            self._replaying = delivery.deliveries > 1
         message_id = self._remember(delivery, inbound)
-        self._announce(inbound)
+        self._turn = message_id
+        self._announce(message_id, inbound)
         return web.json_response(next_body(message_id, inbound))
 
-    def _announce(self, inbound: Inbound) -> None:
-        """Tell the message's channel the agent is on it, without making the agent wait."""
+    def _announce(self, message_id: str, inbound: Inbound) -> None:
+        """Tell the message's channel the agent is on it, once the turn has taken
+        `typing_after_s`, without making the agent wait.
+
+        A quicker answer shows no indicator: it would only flash, and each cue costs a
+        Redis publish here and a platform call in the channel."""
         if self._redis is None:
             return
         cue = TypingCue(
             inbound.channel, inbound.conversation_id, inbound.thread_id, inbound.event_id
         )
-        task = asyncio.create_task(self._send_cue(self._redis, cue))
+        task = asyncio.create_task(self._send_cue(self._redis, message_id, cue))
         self._cues.add(task)
         task.add_done_callback(self._cues.discard)
 
-    async def _send_cue(self, redis: aioredis.Redis, cue: TypingCue) -> None:
+    async def _send_cue(self, redis: aioredis.Redis, message_id: str, cue: TypingCue) -> None:
+        await asyncio.sleep(self._settings.typing_after_s)
+        if message_id not in self._turns:
+            return  # answered already
         try:
             async with asyncio.timeout(_CUE_TIMEOUT_S):
                 await announce_typing(redis, cue)
@@ -536,7 +551,7 @@ class Door:
         if task is not None and task.done() and (task.cancelled() or task.exception()):
             task = None  # a failed call answers nothing: this one is made afresh
         if task is None:
-            task = asyncio.create_task(self._call_model(chat))
+            task = asyncio.create_task(self._call_model(chat, key))
             task.add_done_callback(_retrieve)
             self._answers[key] = task
             self._answers.move_to_end(key)
@@ -547,11 +562,25 @@ class Door:
         # Shielded: an agent that dies waiting leaves the call to finish for its successor.
         return await asyncio.shield(task)
 
-    async def _call_model(self, chat: ChatRequest) -> dict[str, Any]:
+    async def _call_model(self, chat: ChatRequest, key: str) -> dict[str, Any]:
+        turn, recorded = self._turn, self._recorded
+        if self._replaying and turn is not None and recorded is not None:
+            earlier = await recorded.recall(turn, key)
+            if earlier is not None:
+                log.info(
+                    "%s repeated a model call of a turn begun before a restart: answered "
+                    "from the record",
+                    self.user_id,
+                )
+                return earlier
         async with self._model_slots:
             if self._stopped:
                 raise stopped()
-            return await self._calls.chat(self.user_id, chat, self._notify)
+            answer = await self._calls.chat(self.user_id, chat, self._notify)
+        if turn is not None and recorded is not None:
+            # Before the agent has it: a replay after a restart finds it.
+            await recorded.record(turn, key, answer)
+        return answer
 
     async def _chat_stream(self, request: web.Request, chat: ChatRequest) -> web.StreamResponse:
         """Server-sent events, as OpenAI sends them; an agent that hangs up ends the call."""

@@ -21,7 +21,7 @@ from bench._report import (
     section,
     write_json,
 )
-from bench.bench_pipeline import entry_s, parser
+from bench.bench_pipeline import Cpu, command_line, entry_s, parser
 from bench.run_all import summary_notes
 
 MACHINE = {
@@ -121,6 +121,33 @@ def test_a_partial_run_keeps_the_other_benches_figures() -> None:
     new_pipeline = Figure("pipeline", "overhead p50", "40 ms", date="today")
     kept = merged([old_pipeline, old_budget], [new_pipeline], {"pipeline"})
     assert kept == [new_pipeline, old_budget]
+
+
+def test_a_bench_new_to_the_report_takes_its_place_in_the_runners_order() -> None:
+    old_pipeline = Figure("pipeline", "throughput (stockade up)", "30 msg/s")
+    old_budget = Figure("budget", "round trip", "0.9 ms")
+    apart = Figure("pipeline-apart", "throughput (roles apart)", "45 msg/s")
+    order = ("pipeline", "pipeline-apart", "budget")
+    kept = merged([old_pipeline, old_budget], [apart], {"pipeline-apart"}, order)
+    assert kept == [old_pipeline, apart, old_budget]
+
+
+def test_the_pipeline_shapes_are_apart_benches_with_their_own_commands() -> None:
+    up, apart = (parser().parse_args(["--shape", shape]) for shape in ("up", "apart"))
+    assert parser().parse_args([]).shape == "up"
+    assert "--shape" not in command_line(up, "throughput")
+    assert "--only throughput --shape apart" in command_line(apart, "throughput")
+
+
+def test_cpu_per_message_names_each_process_and_the_rest_of_the_machine() -> None:
+    before = Cpu({"router": 1.0, "channels": 2.0, "its redis": 0.5}, 0.0, 0.0, 10.0)
+    after = Cpu({"router": 1.5, "channels": 3.0, "its redis": 0.75}, 0.25, 0.25, 14.0)
+    line = before.per_message_ms(after, 100, 2.0)
+    assert line.startswith("router 5.0 (0.25 cores), channels 10.0 (0.50 cores), its redis 2.5")
+    assert line.endswith(
+        "whole machine 40.0 (2.00 cores), agent containers and other work 17.5 (0.88 cores)"
+    )
+    assert before.per_message_ms(after, 0, 2.0) == "no messages"
 
 
 def test_earlier_json_figures_are_read_back(tmp_path: Path) -> None:

@@ -28,9 +28,9 @@ import redis.asyncio as aioredis
 from gateway import embedded_redis
 from gateway.policy import BudgetGate, Identities, Ledger
 from gateway.settings import BudgetSettings
+from tests.apart import Pipeline, running_pipeline, wait_until
 from tests.chaos._echo_model import TAG, EchoModel, answer_text, running_echo_model, tag
 from tests.chaos._oracle import Kill, confirmed, judge, kill_plan
-from tests.chaos._pipeline import Pipeline, running_pipeline, wait_until
 from tests.fakes.telegram import FakeTelegram, running_telegram, user
 from tests.services import require
 

@@ -307,6 +307,20 @@ async def test_handing_out_a_message_announces_typing_in_its_conversation(
     assert announced == TypingCue("console", f"conv-{ALICE}", "thread-0", "ev0")
 
 
+async def test_a_turn_answered_within_the_typing_delay_announces_nothing(
+    redis: aioredis.Redis, bus: Bus, mesh: Mesh
+) -> None:
+    listener = aioredis.Redis(connection_pool=redis.connection_pool)
+    cue = await next_cue(listener, "console")
+    async with agent_of(mesh, ALICE) as alice:
+        body = await handed_out(bus, alice, ALICE)
+        assert await alice.reply(body["id"], "quick") == 200
+        # The default delay is 1 s: by 1.5 s a cue would have come.
+        done, _ = await asyncio.wait([cue], timeout=1.5)
+    cue.cancel()
+    assert not done
+
+
 async def test_a_hand_out_goes_on_at_once_when_the_cue_cannot_be_published(
     bus: Bus, calls: Calls, socket_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

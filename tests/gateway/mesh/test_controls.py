@@ -23,7 +23,7 @@ from gateway.mesh._controls import default_first
 from gateway.mesh._protocol import Rejected
 from gateway.policy import TokenPrice
 from gateway.policy.budget import Period, Scope, prompt_token_bound, worst_case
-from gateway.settings import MeshSettings
+from gateway.settings import BusSettings, MeshSettings
 from tests.calls import PRICE, Calls, model_calls, priced_model
 from tests.fakes.model_server import FakeModelServer, Slow, Text
 from tests.gateway.mesh.test_mesh import (
@@ -32,6 +32,7 @@ from tests.gateway.mesh.test_mesh import (
     HELLO,
     KEY,
     MODEL,
+    SETTINGS,
     Agent,
     inbound,
     outbox,
@@ -345,6 +346,42 @@ async def test_a_restarted_agent_gets_its_turn_back_and_its_model_call_is_not_ru
     assert await pending(redis, ALICE) == 0
     spent, held = await settled(calls)
     assert held == 0 and spent > 0
+
+
+async def test_a_turn_replayed_after_the_mesh_restarted_too_is_answered_from_the_record(
+    redis: aioredis.Redis, fake_model: FakeModelServer, calls: Calls, socket_dir: Path
+) -> None:
+    # The container and the agents process die within seconds of each other: a new
+    # mesh, with nothing in memory, gets the turn back from the bus.
+    first_bus = Bus(redis, BusSettings())
+    first_mesh = Mesh(first_bus, calls.calls, SETTINGS, socket_dir, redis=redis)
+    try:
+        first = Agent(await first_mesh.open(ALICE))
+        fake_model.push(Text("the one answer"))
+        message_id = await take(first_bus, first, 1, "think")
+        status, answer = await first.chat({"messages": HELLO})
+        assert (status, answer["choices"][0]["message"]["content"]) == (200, "the one answer")
+        await first.close()
+    finally:
+        await first_mesh.aclose()
+
+    second_mesh = Mesh(Bus(redis, BusSettings()), calls.calls, SETTINGS, socket_dir, redis=redis)
+    second = Agent(await second_mesh.open(ALICE))
+    try:
+        status, message = await second.next(wait=2)
+        assert (status, message["id"]) == (200, message_id)
+        status, again = await second.chat({"messages": HELLO})
+        assert (status, again) == (200, answer)
+        assert len(fake_model.requests) == 1
+        # A different request in the replayed turn is a new call.
+        fake_model.push(Text("a second thought"))
+        status, other = await second.chat({"messages": [*HELLO, *HELLO]})
+        assert other["choices"][0]["message"]["content"] == "a second thought"
+        assert (await second.reply(message_id, "the one answer"))[0] == 200
+    finally:
+        await second.close()
+        await second_mesh.aclose()
+    assert len(fake_model.requests) == 2
 
 
 async def test_a_different_request_or_a_new_turn_calls_the_model_again(

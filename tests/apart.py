@@ -1,8 +1,4 @@
-"""The pipeline as separate processes, each restarted when it dies, as a service manager
-would: redis-server (append-only file on), `stockade run router`, `stockade run channels`
-and `stockade run agents` (the supervisor and the mesh share that process, so killing it
-kills both), plus the agent containers the supervisor starts.
-"""
+"""The pipeline with its roles apart, for the chaos test and `bench_pipeline.py --shape apart`."""
 
 from __future__ import annotations
 
@@ -11,18 +7,19 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway import embedded_redis
+from gateway.heartbeat import count_alive, read_beats
 from tests.services import RedisProcess
 from tests.test_end_to_end import environment, remove_agents
 
-REPO: Final = Path(__file__).resolve().parents[2]
 ROLES: Final = ("router", "channels", "agents")
 _RESTART_PAUSE_S: Final = 0.2
 """Between a role's death and its restart, as `Restart=always` with a short delay."""
@@ -96,6 +93,55 @@ class Pipeline:
     redis_kills: int = 0
     container_kills: int = 0
 
+    @property
+    def redis_socket(self) -> Path:
+        return embedded_redis.socket_path(self.redis.data_dir)
+
+    async def up(self, within_s: float) -> None:
+        """Until every role beats: connected to Redis and, for agents, the image checked and
+        the mesh warmed. A role that exits meanwhile, or one still silent after `within_s`,
+        raises RuntimeError with the end of its log."""
+        client = aioredis.Redis(unix_socket_path=str(self.redis_socket))
+        deadline = time.monotonic() + within_s
+        try:
+            while silent := await self._silent_roles(client):
+                if exited := self.unexpected_exits():
+                    raise RuntimeError(
+                        f"a role exited while starting: {exited}\n{self._ends(exited)}"
+                    )
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"not up within {within_s:.0f} s: {', '.join(silent)}\n{self._ends(silent)}"
+                    )
+                await asyncio.sleep(0.1)
+        finally:
+            await client.aclose()
+
+    @staticmethod
+    async def _silent_roles(client: aioredis.Redis) -> list[str]:
+        with contextlib.suppress(OSError, RedisError):
+            alive, _ = count_alive(await read_beats(client), time.time())
+            return [role for role in ROLES if not alive.get(role)]
+        return list(ROLES)
+
+    def logs(self, role: str) -> list[Path]:
+        """The log files of `role`, one per start, oldest first."""
+        return [
+            self.data_dir / "logs" / f"{role}-{n}.log"
+            for n in range(1, self.services[role].starts + 1)
+        ]
+
+    def _ends(self, roles: Iterable[str]) -> str:
+        return "\n".join(f"-- {role}, the end of its log:\n{self.log_tail(role)}" for role in roles)
+
+    def log_tail(self, role: str, lines: int = 40) -> str:
+        """The end of `role`'s latest log that has anything in it."""
+        for path in reversed(self.logs(role)):
+            with contextlib.suppress(OSError):
+                if text := path.read_text(errors="replace"):
+                    return "\n".join(text.splitlines()[-lines:])
+        return "(nothing logged)"
+
     async def kill_redis(self) -> None:
         """SIGKILL redis-server and start it again from its append-only file."""
         self.redis_kills += 1
@@ -105,7 +151,7 @@ class Pipeline:
     def deployment(self) -> str:
         import redis
 
-        client = redis.Redis(unix_socket_path=str(embedded_redis.socket_path(self.redis.data_dir)))
+        client = redis.Redis(unix_socket_path=str(self.redis_socket))
         try:
             found = client.get("stockade:deployment")
             return found.decode() if isinstance(found, bytes) else str(found or "")
@@ -165,8 +211,11 @@ async def _vault_set(env: dict[str, str], name: str, value: str) -> None:
 async def running_pipeline(
     data_dir: Path, model_url: str, extra_env: dict[str, str]
 ) -> AsyncIterator[Pipeline]:
-    """Redis and the three roles, started; on leaving, stopped, and the deployment's
-    containers and workspaces removed."""
+    """redis-server (append-only file on) and `stockade run router`, `stockade run channels`
+    and `stockade run agents` (the supervisor and the mesh share that process, so killing
+    it kills both), each restarted when it dies, as a service manager would; the agent
+    containers are the supervisor's. Started, not waited for (`Pipeline.up` waits); on
+    leaving, stopped, and the deployment's containers and workspaces removed."""
     redis = RedisProcess(data_dir / "redis", appendonly=True)
     await asyncio.to_thread(redis.start)
     env = environment(data_dir, model_url) | {"STOCKADE_REDIS__URL": redis.url, **extra_env}
