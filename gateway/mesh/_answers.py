@@ -52,7 +52,11 @@ class TurnAnswers:
             return None
         if raw is None or _text(held) != turn:
             return None
-        answer = json.loads(raw)
+        try:
+            answer = json.loads(raw)
+        except (ValueError, RecursionError):
+            log.warning("a recorded answer of %s did not decode; calling again", self._key)
+            return None
         return answer if isinstance(answer, dict) else None
 
     async def record(self, turn: str, call_key: str, answer: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ from redis.backoff import NoBackoff
 from gateway.bus import Bus, agent_stream
 from gateway.controls import MODEL_KEY, PAUSED_ALL_KEY, PAUSED_KEY
 from gateway.mesh import Mesh
+from gateway.mesh._answers import ANSWERS_PREFIX, TurnAnswers
 from gateway.mesh._controls import default_first
 from gateway.mesh._protocol import Rejected
 from gateway.policy import TokenPrice
@@ -410,3 +411,17 @@ async def test_a_different_request_or_a_new_turn_calls_the_model_again(
         assert len(fake_model.requests) == 3
     finally:
         await agent.close()
+
+
+async def test_a_damaged_record_is_no_answer_and_a_new_turn_replaces_the_last(
+    redis: aioredis.Redis,
+) -> None:
+    record = TurnAnswers(redis, ALICE)
+    await record.record("1-0", "k", {"a": 1})
+    assert await record.recall("1-0", "k") == {"a": 1}
+    await redis.hset(ANSWERS_PREFIX + ALICE, "k", b"{not json")
+    assert await record.recall("1-0", "k") is None
+    await record.record("2-0", "j", {"b": 2})
+    assert await record.recall("1-0", "k") is None
+    assert await record.recall("2-0", "k") is None
+    assert await record.recall("2-0", "j") == {"b": 2}
