@@ -11,10 +11,11 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Final, Protocol
 
 from gateway.errors import DependencyError
-from gateway.supervisor import _spec
+from gateway.supervisor import _cgroup, _spec
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +72,10 @@ def engine_time(text: str) -> float | None:
 
 
 _USAGE_THREADS: Final = 4
-"""Engine calls measuring usage at once. The engine answers a stats request at its next
-one-second collection tick, so each call holds its thread for up to a second; they get
-their own threads so that starting and listing containers never wait behind them."""
+"""Usage measured at once. Where the kernel's cgroup files are out of sight the engine's
+stats call is used, and the engine answers it at its next one-second collection tick, so
+each call holds its thread for up to a second; they get their own threads so that
+starting and listing containers never wait behind them."""
 
 
 class Runtime(Protocol):
@@ -114,18 +116,35 @@ def _describe(container: Any) -> AgentContainer:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Started:
+    at: float | None
+    """Epoch seconds, as `ContainerUsage.started_at`."""
+    pid: int
+    """Its main process on the engine's host; 0 when the engine did not say."""
+
+
 class DockerRuntime:
     """Agent containers on a Docker engine, found again by their labels after a restart.
 
     It sees only the containers of its own deployment.
     """
 
-    def __init__(self, client: Any, deployment: str) -> None:
+    def __init__(
+        self,
+        client: Any,
+        deployment: str,
+        *,
+        proc: Path = _cgroup.PROC_ROOT,
+        cgroups: Path = _cgroup.CGROUP_ROOT,
+    ) -> None:
         self._client = client
         self.deployment = deployment
+        self._proc = proc
+        self._cgroups = cgroups
         self._engine_id: str | None = None
-        self._started: dict[str, float | None] = {}
-        """Start time by container id: it never changes while the container lives."""
+        self._started: dict[str, _Started] = {}
+        """By container id: neither changes while the container lives."""
         self._usage_threads: ThreadPoolExecutor | None = None
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -227,25 +246,34 @@ class DockerRuntime:
         return self._engine_id
 
     def _measure(self, container_id: str) -> ContainerUsage | None:
-        """Runs in a usage thread: stats, and one inspection per container for its start."""
+        """Runs in a usage thread: one inspection per container for its start and main
+        process, then its memory from the kernel, or from the engine's stats call when
+        the kernel's figures are out of this process's sight."""
         import docker.errors
 
         api = self._client.api
         try:
-            # one_shot: a single sample, not the two-sample average that takes 2 s.
-            stats = api.stats(container_id, stream=False, one_shot=True)
             if container_id not in self._started:
                 state = api.inspect_container(container_id).get("State", {})
-                self._started[container_id] = engine_time(str(state.get("StartedAt", "")))
+                pid = state.get("Pid")
+                self._started[container_id] = _Started(
+                    engine_time(str(state.get("StartedAt", ""))),
+                    pid if isinstance(pid, int) else 0,
+                )
+            started = self._started[container_id]
+            memory = _cgroup.read_memory(started.pid, container_id, self._proc, self._cgroups)
+            if memory is None:
+                # one_shot: a single sample, not the two-sample average that takes 2 s.
+                stats = api.stats(container_id, stream=False, one_shot=True)
+                memory = stats.get("memory_stats") or {}
         except docker.errors.NotFound:
             self._started.pop(container_id, None)
             return None
         except docker.errors.DockerException as exc:
             raise DependencyError(f"the Docker engine refused: {exc}") from None
-        memory = stats.get("memory_stats") or {}
         limit = memory.get("limit")
         return ContainerUsage(
-            started_at=self._started.get(container_id),
+            started_at=started.at,
             memory_bytes=memory_in_use(memory),
             memory_limit_bytes=limit if isinstance(limit, int) and limit > 0 else None,
         )
