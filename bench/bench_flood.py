@@ -58,13 +58,11 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import redis.asyncio as aioredis
-from aiohttp import web
 
 from gateway.bus import IN_STREAM, agent_stream
 from gateway.envelope import decode_inbound
@@ -76,8 +74,7 @@ from gateway.supervisor import docker_client, ensure_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fakes and helpers
 
-from tests.fakes._serve import serving
-from tests.fakes.telegram import FakeTelegram, user
+from tests.fakes.telegram import FakeTelegram, SentMessage, started_telegram, user
 from tests.services import TEST_IMAGE
 from tests.test_end_to_end import Gateway, started
 
@@ -109,29 +106,14 @@ class TimedTelegram(FakeTelegram):
     """The fake Bot API, noting when each sendMessage arrived and which message it quotes."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(on_sent=self._note)
         self.replies: list[Sent] = []
         self.arrived = asyncio.Event()
 
-    async def _m_sendMessage(self, fields: dict[str, str]) -> web.Response:
-        answer = await super()._m_sendMessage(fields)
-        if answer.status == 200:
-            quoted = json.loads(fields.get("reply_parameters") or "{}").get("message_id")
-            self.replies.append(
-                Sent(time.perf_counter(), int(fields["chat_id"]), quoted, fields.get("text", ""))
-            )
-            self.arrived.set()
-        return answer
-
-
-@contextlib.asynccontextmanager
-async def running_timed_telegram() -> AsyncIterator[TimedTelegram]:
-    fake = TimedTelegram()
-    async with serving(fake.app(), shutdown_timeout=0.1) as fake.api_base:
-        try:
-            yield fake
-        finally:
-            await fake.aclose()
+    def _note(self, sent: SentMessage) -> None:
+        quoted = (sent.reply_parameters or {}).get("message_id")
+        self.replies.append(Sent(time.perf_counter(), int(sent.chat_id), quoted, sent.text))
+        self.arrived.set()
 
 
 # -- delivering updates as Telegram does ----------------------------------------------------
@@ -372,7 +354,7 @@ class Result:
 async def run(options: argparse.Namespace) -> Result:
     others = [FIRST_USER + i for i in range(options.users)]
     async with (
-        running_timed_telegram() as fake,
+        started_telegram(TimedTelegram()) as fake,
         started(environment(options, fake)) as gateway,
     ):
         if options.mode == "webhook":

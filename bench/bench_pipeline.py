@@ -65,7 +65,6 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import json
 import os
 import secrets
 import socket
@@ -78,7 +77,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import redis.asyncio as aioredis
-from aiohttp import web
 
 from gateway.bus import IN_STREAM, agent_stream, out_stream
 from gateway.envelope import decode_inbound, decode_outbound
@@ -90,9 +88,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fakes 
 
 from bench._report import Figure, cut, load, machine, machine_line, ms
 from tests.apart import Pipeline, running_pipeline
-from tests.fakes._serve import serving
 from tests.fakes.model_server import FakeModelServer, running_model_server
-from tests.fakes.telegram import FakeTelegram, user
+from tests.fakes.telegram import FakeTelegram, SentMessage, started_telegram, user
 from tests.services import TEST_IMAGE, require
 from tests.test_end_to_end import started
 
@@ -134,27 +131,14 @@ class ReplyingTelegram(FakeTelegram):
     """The fake Bot API; a sendMessage that quotes a waiting message resolves its future."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(on_sent=self._resolve)
         self.waiting: dict[int, Message] = {}
 
-    async def _m_sendMessage(self, fields: dict[str, str]) -> web.Response:
-        answer = await super()._m_sendMessage(fields)
-        if answer.status == 200:
-            quoted = json.loads(fields.get("reply_parameters") or "{}").get("message_id")
-            message = self.waiting.pop(quoted, None) if isinstance(quoted, int) else None
-            if message is not None and not message.replied.done():
-                message.replied.set_result(time.time())
-        return answer
-
-
-@contextlib.asynccontextmanager
-async def running_fake() -> AsyncIterator[ReplyingTelegram]:
-    fake = ReplyingTelegram()
-    async with serving(fake.app(), shutdown_timeout=0.1) as fake.api_base:
-        try:
-            yield fake
-        finally:
-            await fake.aclose()
+    def _resolve(self, sent: SentMessage) -> None:
+        quoted = (sent.reply_parameters or {}).get("message_id")
+        message = self.waiting.pop(quoted, None) if isinstance(quoted, int) else None
+        if message is not None and not message.replied.done():
+            message.replied.set_result(time.time())
 
 
 @dataclass
@@ -666,7 +650,7 @@ async def measure(options: argparse.Namespace) -> Result:
     senders = [FIRST_USER + i for i in range(options.users)]
     result = Result()
     async with (
-        running_fake() as fake,
+        started_telegram(ReplyingTelegram()) as fake,
         running(options.shape, bench_environment(options, fake)) as gateway,
     ):
         gateway.model.delay_s = options.model_delay

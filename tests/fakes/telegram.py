@@ -21,10 +21,10 @@ import itertools
 import json
 import re
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -242,6 +242,8 @@ class FakeTelegram:
     webhook_url: str = ""
     webhook_secret: str = ""
     webhook_statuses: list[int] = field(default_factory=list)
+    on_sent: Callable[[SentMessage], None] | None = None
+    """Called with each message as it is sent: benches time the replies with it."""
     updates: dict[int, dict[str, Any]] = field(default_factory=dict)
     """Every update ever added, by id."""
     _pending: list[dict[str, Any]] = field(default_factory=list)
@@ -454,6 +456,8 @@ class FakeTelegram:
                 message_id=message_id,
             )
         )
+        if self.on_sent is not None:
+            self.on_sent(self.sent[-1])
         chat = self._chats.get(chat_id, {"id": int(chat_id), "type": "private"})
         return _ok(
             {
@@ -519,13 +523,20 @@ def _error(status: int, description: str, parameters: dict[str, Any] | None = No
     return web.json_response(body, status=status)
 
 
+F = TypeVar("F", bound=FakeTelegram)
+
+
 @asynccontextmanager
-async def running_telegram() -> AsyncIterator[FakeTelegram]:
-    """A started fake on an OS-chosen port of 127.0.0.1."""
-    fake = FakeTelegram()
+async def started_telegram(fake: F) -> AsyncIterator[F]:
+    """`fake` started on an OS-chosen port of 127.0.0.1."""
     # Short: a long poll may still be waiting when the test ends.
     async with serving(fake.app(), shutdown_timeout=0.1) as fake.api_base:
         try:
             yield fake
         finally:
             await fake.aclose()
+
+
+def running_telegram() -> AbstractAsyncContextManager[FakeTelegram]:
+    """A started fake on an OS-chosen port of 127.0.0.1."""
+    return started_telegram(FakeTelegram())
