@@ -117,8 +117,24 @@ def _add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
 
     tail = actions.add_parser("tail", help="the last entries, oldest first")
     tail.add_argument("-n", type=count, default=20, metavar="N", help="how many (default: 20)")
-    actions.add_parser(
+
+    def pin(text: str) -> str:
+        from gateway.audit import parse_pin
+
+        try:
+            return parse_pin(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{exc}: {text[:70]!r}") from None
+
+    verify = actions.add_parser(
         "verify", help="check the hash chain; exit status 1 if the log was changed or cut"
+    )
+    verify.add_argument(
+        "--pinned",
+        type=pin,
+        metavar="HASH",
+        help="a head hash printed by an earlier verify and kept elsewhere: the log must "
+        "still hold that entry (a log rewritten from the start fails)",
     )
 
 
@@ -181,7 +197,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "audit":
         from gateway.audit import run_audit_command
 
-        return run_audit_command(settings, args.audit_command, getattr(args, "n", 20))
+        return run_audit_command(
+            settings, args.audit_command, getattr(args, "n", 20), getattr(args, "pinned", None)
+        )
 
     from gateway import app
 

@@ -7,7 +7,8 @@ recompute it.
 
 This makes quiet edits evident, not impossible: someone who can write the store can
 rewrite the whole chain. Keeping a copy of the head hash elsewhere now and then
-(`stockade audit verify` prints it) pins everything before it.
+(`stockade audit verify` prints it) pins everything before it: `verify --pinned HASH`
+fails unless the chain still holds that entry.
 """
 
 from __future__ import annotations
@@ -175,6 +176,23 @@ class Verdict:
     head: str = GENESIS
     bad_seq: int | None = None
     reason: str = ""
+    pinned_seq: int | None = None
+    """The entry whose hash the operator pinned, when a pin was given and found."""
+
+
+PIN_MIN: Final = 16
+"""Hex digits of a pinned hash at the least: what `stockade audit verify` prints."""
+
+
+def parse_pin(text: str) -> str:
+    """A pinned head hash as the operator typed it, checked: 16 to 64 hex digits.
+
+    Raises ValueError with the reason.
+    """
+    pin = text.strip().lower()
+    if not PIN_MIN <= len(pin) <= len(GENESIS) or any(c not in "0123456789abcdef" for c in pin):
+        raise ValueError(f"a pinned hash is {PIN_MIN} to {len(GENESIS)} hex digits")
+    return pin
 
 
 class Verifier:
@@ -183,12 +201,16 @@ class Verifier:
     Feed entries in log order; after the first fault, further entries are ignored.
     """
 
-    __slots__ = ("_checked", "_failure", "_last")
+    __slots__ = ("_checked", "_failure", "_last", "_pin", "_pinned_seq")
 
-    def __init__(self) -> None:
+    def __init__(self, pinned: str | None = None) -> None:
+        """`pinned`: a head hash (or its first digits, `parse_pin`) kept elsewhere
+        earlier; the chain must hold that entry, so nothing before it was rewritten."""
         self._last = Head()
         self._checked = 0
         self._failure: tuple[int, str] | None = None
+        self._pin = pinned
+        self._pinned_seq: int | None = None
 
     def feed(self, entry: AuditEntry) -> bool:
         """Check the next entry; False once the chain is broken."""
@@ -200,6 +222,8 @@ class Verifier:
             return False
         self._last = Head(entry.seq, entry.hash)
         self._checked += 1
+        if self._pin is not None and self._pinned_seq is None and entry.hash.startswith(self._pin):
+            self._pinned_seq = entry.seq
         return True
 
     def malformed(self, where: str, problem: str) -> None:
@@ -218,7 +242,12 @@ class Verifier:
         if self._failure is not None:
             bad_seq, reason = self._failure
             return Verdict(False, self._checked, self._last.hash, bad_seq, reason)
-        return Verdict(True, self._checked, self._last.hash)
+        if self._pin is not None and self._pinned_seq is None:
+            # A chain that checks out but lacks the pinned entry was rebuilt from the
+            # start (or the pin belongs to another log): nothing in it can be trusted.
+            reason = f"no entry has the pinned hash {self._pin}: the log was rewritten"
+            return Verdict(False, self._checked, self._last.hash, None, reason)
+        return Verdict(True, self._checked, self._last.hash, pinned_seq=self._pinned_seq)
 
 
 def _fault(last: Head, entry: AuditEntry) -> tuple[int, str] | None:
@@ -262,9 +291,14 @@ def _head_fault(last: Head, head: Head) -> tuple[int, str] | None:
     return None
 
 
-def verify(entries: Iterable[AuditEntry], head: tuple[int, str] | Head | None) -> Verdict:
-    """Check a whole chain, in log order, against the head the store recorded (None: skip)."""
-    verifier = Verifier()
+def verify(
+    entries: Iterable[AuditEntry],
+    head: tuple[int, str] | Head | None,
+    pinned: str | None = None,
+) -> Verdict:
+    """Check a whole chain, in log order, against the head the store recorded (None: skip)
+    and, when given, a hash pinned earlier (`Verifier`)."""
+    verifier = Verifier(pinned)
     for entry in entries:
         if not verifier.feed(entry):
             break

@@ -26,7 +26,10 @@ def verdict_text(verdict: Verdict) -> str:
     """One line saying whether the log is intact, for the terminal."""
     if verdict.ok:
         noun = "entry" if verdict.checked == 1 else "entries"
-        return f"audit log intact: {verdict.checked} {noun}, head {verdict.head[:HEAD_SHOWN]}"
+        line = f"audit log intact: {verdict.checked} {noun}, head {verdict.head[:HEAD_SHOWN]}"
+        if verdict.pinned_seq is not None:
+            line += f"; the pinned entry {verdict.pinned_seq} is in it"
+        return line
     return f"audit log NOT intact: {verdict.reason} ({verdict.checked} entries before it check out)"
 
 
@@ -35,13 +38,15 @@ async def tail_text(client: aioredis.Redis, count: int) -> str:
     return render(entries) if entries else "the audit log is empty"
 
 
-async def verify_text(client: aioredis.Redis) -> tuple[int, str]:
+async def verify_text(client: aioredis.Redis, pinned: str | None = None) -> tuple[int, str]:
     """The exit status and the line to print."""
-    verdict = await AuditLog(client).verify()
+    verdict = await AuditLog(client).verify(pinned)
     return (EXIT_INTACT if verdict.ok else EXIT_BROKEN), verdict_text(verdict)
 
 
-def run_audit_command(settings: Settings, action: str, count: int = TAIL_DEFAULT) -> int:
+def run_audit_command(
+    settings: Settings, action: str, count: int = TAIL_DEFAULT, pinned: str | None = None
+) -> int:
     """Run `stockade audit ACTION` against the running Stockade's Redis; the exit status."""
 
     async def run() -> tuple[int, str]:
@@ -51,7 +56,7 @@ def run_audit_command(settings: Settings, action: str, count: int = TAIL_DEFAULT
             if action == "tail":
                 return EXIT_INTACT, await tail_text(client, count)
             if action == "verify":
-                return await verify_text(client)
+                return await verify_text(client, pinned)
         raise ValueError(f"unknown audit action {action!r}")
 
     status, text = asyncio.run(run())

@@ -197,9 +197,10 @@ class AuditLog:
             raise RedisUnavailable(f"audit head not read: {type(exc).__name__}") from None
         return parse_head(raw)
 
-    async def verify(self) -> Verdict:
-        """Check the whole chain and its head; a malformed entry or head is a finding."""
-        verifier = Verifier()
+    async def verify(self, pinned: str | None = None) -> Verdict:
+        """Check the whole chain and its head, and that it holds the `pinned` entry when
+        one is given; a malformed entry or head is a finding."""
+        verifier = Verifier(pinned)
         # The head and the last stream id are read in one transaction, and only entries
         # up to that id are walked: appends made meanwhile are neither checked nor
         # mistaken for entries beyond the head.

@@ -8,7 +8,17 @@ import json
 
 import pytest
 
-from gateway.audit import GENESIS, AuditEntry, Head, Verifier, entry_hash, render, seal, verify
+from gateway.audit import (
+    GENESIS,
+    AuditEntry,
+    Head,
+    Verifier,
+    entry_hash,
+    parse_pin,
+    render,
+    seal,
+    verify,
+)
 from gateway.audit._chain import DETAIL_MAX, clean
 
 T0 = 1_795_341_845.0  # 2026-11-22 10:04:05 UTC
@@ -242,3 +252,46 @@ def test_render_of_a_tampered_entry_still_shows_one_line() -> None:
     lines = render([entry]).splitlines()
     assert len(lines) == 1
     assert "a\ufffdb" in lines[0]
+
+
+def test_a_pinned_entry_still_in_the_chain_passes_and_is_named() -> None:
+    entries = chain(5)
+    verdict = verify(entries, last_head(entries), pinned=entries[2].hash[:16])
+    assert verdict.ok and verdict.pinned_seq == 3
+    assert verify(entries, last_head(entries), pinned=entries[4].hash).pinned_seq == 5
+
+
+def test_a_chain_rebuilt_from_the_start_fails_against_an_earlier_pin() -> None:
+    # Whoever can write the store re-seals every entry: the chain and its head check out.
+    original = chain(4)
+    rebuilt: list[AuditEntry] = []
+    head = Head()
+    for entry in original:
+        detail = "nothing happened" if entry.seq == 2 else entry.detail
+        forged = seal(
+            head,
+            at=entry.at,
+            actor=entry.actor,
+            action=entry.action,
+            target=entry.target,
+            detail=detail,
+        )
+        rebuilt.append(forged)
+        head = Head(forged.seq, forged.hash)
+    assert verify(rebuilt, last_head(rebuilt)).ok
+
+    verdict = verify(rebuilt, last_head(rebuilt), pinned=original[2].hash[:16])
+    assert not verdict.ok and verdict.pinned_seq is None
+    assert f"no entry has the pinned hash {original[2].hash[:16]}" in verdict.reason
+    # An entry before the forged one is still the same: that pin holds.
+    assert verify(rebuilt, last_head(rebuilt), pinned=original[0].hash).ok
+
+
+@pytest.mark.parametrize("text", ["", "abc", "g" * 16, "0" * 65, "12345678 90abcdef"])
+def test_a_pin_that_is_not_16_to_64_hex_digits_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="16 to 64 hex digits"):
+        parse_pin(text)
+
+
+def test_a_pin_is_taken_in_either_case_with_spaces_around() -> None:
+    assert parse_pin("  ABCDEF0123456789 ") == "abcdef0123456789"

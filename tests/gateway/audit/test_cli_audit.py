@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.audit import EXIT_BROKEN, STREAM, AuditEntry, AuditLog
+from gateway.audit import EXIT_BROKEN, HEAD_KEY, STREAM, AuditEntry, AuditLog
+from gateway.audit._log import parse_entry
 from gateway.cli import EXIT_USAGE, main
 from tests.services import RedisProcess
 
@@ -126,6 +127,50 @@ def test_verify_of_a_log_with_a_deleted_entry_prints_why_and_fails(
     assert status == EXIT_BROKEN == 1
     assert "entry 3 is missing: 2 is followed by 4" in out
     assert out.startswith("audit log NOT intact: ")
+
+
+def rewrite_whole_log(url: str) -> None:
+    """What someone who can write Redis can do: every entry re-sealed with new content."""
+
+    async def run() -> None:
+        client = aioredis.Redis.from_url(url)
+        try:
+            entries = [parse_entry(fields) for _, fields in await client.xrange(STREAM)]
+            await client.delete(STREAM, HEAD_KEY)
+            forged = AuditLog(client, clock=iter([e.at for e in entries]).__next__)
+            for entry in entries:
+                await forged.append(entry.actor, entry.action, entry.target, "nothing to see")
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_verify_pinned_to_an_earlier_head_finds_a_log_rewritten_from_the_start(
+    stockade_env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    append(stockade_env, 3)
+    assert main(["audit", "verify"]) == 0
+    pin = capsys.readouterr().out.split("head ")[1].strip()
+    append(stockade_env, 2)
+    assert main(["audit", "verify", "--pinned", pin]) == 0
+    assert capsys.readouterr().out.endswith("; the pinned entry 3 is in it\n")
+
+    rewrite_whole_log(stockade_env)
+
+    assert main(["audit", "verify"]) == 0  # the rewritten chain is consistent in itself
+    capsys.readouterr()
+    assert main(["audit", "verify", "--pinned", pin]) == EXIT_BROKEN
+    out = capsys.readouterr().out
+    assert out.startswith("audit log NOT intact: no entry has the pinned hash ")
+    assert "the log was rewritten" in out
+
+
+def test_verify_refuses_a_pin_that_is_not_a_hash(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["audit", "verify", "--pinned", "yesterday"])
+    assert exit_info.value.code == EXIT_USAGE
+    assert "16 to 64 hex digits" in capsys.readouterr().err
 
 
 def test_verify_without_a_running_stockade_says_how_to_start_it(
