@@ -10,8 +10,6 @@ unscrubbed, ever reaches a log line or an exception message.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import datetime
 import functools
 import hmac
 import json
@@ -19,37 +17,33 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Final, TypeVar
 
 import aiohttp
 from telegram import Bot, BotCommand, LinkPreviewOptions, ReplyParameters
 from telegram.constants import ChatAction
-from telegram.error import BadRequest, Conflict, NetworkError, RetryAfter, TelegramError, TimedOut
+from telegram.error import BadRequest, TelegramError
 
 from channels._shared.chunking import TELEGRAM_LIMIT, chunk_telegram_html
 from channels._shared.markdown import to_telegram_html
-from channels._shared.media import receive_files, refusal_note
 from channels._shared.outbox import send_parts
 from channels._shared.webhooks import Webhook, WebhookRequest, WebhookResponse
 from channels.base import Admission, Capabilities, ChannelContext, Publish
 from channels.telegram import convert
+from channels.telegram._errors import call, platform_error, redact_url_loggers
+from channels.telegram._files import with_received_files
+from channels.telegram._polling import Admit, poll, until_done
 from channels.telegram._request import AiohttpRequest
 from gateway.envelope import Outbound
-from gateway.errors import (
-    ConfigError,
-    PlatformError,
-    PlatformUnavailable,
-    RateLimited,
-    StockadeError,
-)
+from gateway.errors import ConfigError, PlatformError
 from gateway.settings import TelegramSettings
+
+__all__ = ["TelegramChannel", "build", "platform_error"]
 
 T = TypeVar("T")
 
 SECRET_HEADER: Final = "X-Telegram-Bot-Api-Secret-Token"
-BACKOFF_MIN_S: Final = 0.5
-BACKOFF_MAX_S: Final = 30.0
 REPLY_MEMORY: Final = 10_000
 """Update ids remembered with their message id, so a reply can quote the message.
 Replies sent by another process than the one that received find none and are sent
@@ -57,42 +51,6 @@ unquoted; `allow_sending_without_reply` makes a stale one harmless too."""
 NO_PREVIEW: Final = LinkPreviewOptions(is_disabled=True)
 
 log = logging.getLogger("stockade.channels.telegram")
-
-
-@dataclasses.dataclass(frozen=True)
-class _Redact(logging.Filter):
-    """Replaces the token in records of the HTTP and PTB loggers, which log request URLs.
-
-    The message is rendered here, once: PTB logs a reply dict it later rewrites to
-    hold the file URL, which a handler formatting afterwards would show. Equal for
-    equal tokens, so a logger never gets the same one twice.
-    """
-
-    secret: str
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = record.getMessage().replace(self.secret, "<token>"), ()
-        return True
-
-
-_URL_LOGGERS: Final = ("httpx", "telegram.Bot", "telegram.request.BaseRequest")
-
-
-def _seconds(value: object) -> float:
-    if isinstance(value, datetime.timedelta):
-        return value.total_seconds()
-    return float(value) if isinstance(value, int | float) else 1.0
-
-
-def platform_error(exc: TelegramError, token: str) -> PlatformError:
-    """Our error for PTB's; its text without the token (PTB quotes it in InvalidToken)."""
-    if isinstance(exc, RetryAfter):
-        return RateLimited(_seconds(exc.retry_after), convert.NAME)
-    text = f"telegram: {type(exc).__name__}: {exc.message.replace(token, '<token>')}"
-    # BadRequest is a NetworkError in PTB's tree, but a refusal, not an outage.
-    if isinstance(exc, TimedOut | NetworkError) and not isinstance(exc, BadRequest):
-        return PlatformUnavailable(text)
-    return PlatformError(text)
 
 
 class TelegramChannel:
@@ -103,8 +61,7 @@ class TelegramChannel:
         self._settings = settings
         self._context = context
         self._token = token
-        for name in _URL_LOGGERS:  # before the Bot, which logs its URL when made
-            logging.getLogger(name).addFilter(_Redact(token))
+        redact_url_loggers(token)  # before the Bot, which logs its URL when made
         api_base = settings.api_base.rstrip("/")
         self._file_prefix = f"{api_base}/file/bot"
         self._poller = AiohttpRequest()
@@ -128,11 +85,8 @@ class TelegramChannel:
     def capabilities(self) -> Capabilities:
         return convert.CAPABILITIES
 
-    async def _call(self, call: Awaitable[T]) -> T:
-        try:
-            return await call
-        except TelegramError as exc:
-            raise platform_error(exc, self._token) from None
+    async def _call(self, awaitable: Awaitable[T]) -> T:
+        return await call(awaitable, self._token)
 
     async def _ready(self) -> convert.BotIdentity:
         async with self._ready_lock:
@@ -143,26 +97,8 @@ class TelegramChannel:
                 self._identity = convert.BotIdentity(id=me.id, username=username)
             return self._identity
 
-    async def _until_done(self, step: Callable[[], Awaitable[T]], what: str) -> T:
-        """`step()` until it succeeds: Telegram unreachable at start is waited out."""
-        backoff, failed = BACKOFF_MIN_S, False
-        while True:
-            try:
-                result = await step()
-            except PlatformError as exc:
-                if not failed:
-                    log.warning("telegram: %s failed (%s); retrying until it works", what, exc)
-                    failed = True
-                wait = exc.retry_after_s if isinstance(exc, RateLimited) else backoff
-                await asyncio.sleep(wait)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
-                continue
-            if failed:
-                log.info("telegram: %s works again", what)
-            return result
-
     async def receive(self, publish: Publish) -> None:
-        identity = await self._until_done(self._ready, "getMe")
+        identity = await until_done(self._ready, "getMe")
         commands = [BotCommand(n.lstrip("/"), d) for n, d in self._context.commands]
         if commands:
             try:
@@ -184,62 +120,11 @@ class TelegramChannel:
         self._identity = None
         await self._bot.shutdown()
 
-    async def _poll(self, admit: Callable[[convert.Update], Awaitable[Admission | None]]) -> None:
-        await self._until_done(lambda: self._call(self._bot.delete_webhook()), "deleteWebhook")
-        offset: int | None = None
-        backoff, outage = BACKOFF_MIN_S, False
-        while True:
-            try:
-                raw = await self._poller.updates(
-                    self._updates_url,
-                    offset=offset,
-                    timeout_s=self._settings.poll_timeout_s,
-                    allowed=convert.ALLOWED_UPDATES,
-                )
-            except RetryAfter as exc:
-                await asyncio.sleep(_seconds(exc.retry_after))
-                continue
-            except TelegramError as exc:
-                if not outage:
-                    log.warning("telegram: getUpdates failed (%s); retrying", type(exc).__name__)
-                    outage = True
-                if isinstance(exc, Conflict):  # a webhook is set, or another poller runs
-                    try:
-                        await self._bot.delete_webhook()
-                    except TelegramError as again:
-                        log.debug("telegram: deleteWebhook failed (%s)", type(again).__name__)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
-                continue
-            if outage:
-                log.info("telegram: getUpdates works again")
-                backoff, outage = BACKOFF_MIN_S, False
-            for data in raw:
-                try:
-                    update = convert.parse_update(data)
-                except convert.WireError as exc:
-                    log.warning("telegram: skipped an update that is not one (%s)", exc)
-                    update_id = data.get("update_id") if isinstance(data, dict) else None
-                    if isinstance(update_id, int) and not isinstance(update_id, bool):
-                        offset = max(offset or 0, update_id + 1)
-                    continue
-                try:
-                    await admit(update)
-                except StockadeError as exc:
-                    # Not confirmed: Telegram hands this update out again.
-                    log.warning(
-                        "telegram: update %d not published (%s); fetching it again",
-                        update.update_id,
-                        type(exc).__name__,
-                    )
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, BACKOFF_MAX_S)
-                    break
-                offset = max(offset or 0, update.update_id + 1)
+    async def _poll(self, admit: Admit) -> None:
+        await until_done(lambda: self._call(self._bot.delete_webhook()), "deleteWebhook")
+        await poll(self._bot, self._poller, self._updates_url, self._settings.poll_timeout_s, admit)
 
-    async def _serve_webhook(
-        self, admit: Callable[[convert.Update], Awaitable[Admission | None]]
-    ) -> None:
+    async def _serve_webhook(self, admit: Admit) -> None:
         webhooks = self._context.webhooks
         secret_token = self._settings.secret_token
         if webhooks is None or secret_token is None:
@@ -267,7 +152,7 @@ class TelegramChannel:
         webhooks.mount(Webhook(path=path, verify=verify, handle=handle, name=convert.NAME))
         try:
             url = webhooks.public_url(path)
-            await self._until_done(
+            await until_done(
                 lambda: self._call(
                     self._bot.set_webhook(
                         url=url,
@@ -293,28 +178,16 @@ class TelegramChannel:
         if inbound is None or update.message is None:
             return None
         if update.message.files:
-            refs, notes = [], []
-            for info in update.message.files:
-                url = ""
-                if info.size is None or info.size <= self._context.media.max_bytes:
-                    try:
-                        url = (await self._call(self._bot.get_file(info.file_id))).file_path or ""
-                    except PlatformError as exc:
-                        log.info("telegram: a file was not resolved (%s)", type(exc).__name__)
-                        notes.append(
-                            refusal_note(convert.file_ref(info, ""), "Telegram did not provide it")
-                        )
-                        continue
-                refs.append(convert.file_ref(info, url))
-            attachments, refused = await receive_files(
-                session,
-                refs,
-                self._context.media,
-                self._context.blobs,
-                # A directory prefix: ".../file/bot" would not admit ".../file/bot<token>/...".
-                allowed_prefixes=(f"{self._file_prefix}{self._token}/",),
+            inbound = await with_received_files(
+                inbound,
+                update.message.files,
+                bot=self._bot,
+                token=self._token,
+                file_prefix=self._file_prefix,
+                session=session,
+                media=self._context.media,
+                blobs=self._context.blobs,
             )
-            inbound = convert.with_files(inbound, attachments, notes + refused)
         admission = await publish(inbound)
         self._messages[inbound.event_id] = update.message.message_id
         while len(self._messages) > REPLY_MEMORY:

@@ -1,0 +1,70 @@
+"""PTB's errors as ours, and the bot token kept out of every log line and error text.
+
+The token is part of every API and file URL, which the HTTP and PTB loggers log, and
+PTB quotes it in `InvalidToken`; both go through here before anyone reads them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+from collections.abc import Awaitable
+from typing import Final, TypeVar
+
+from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError, TimedOut
+
+from channels.telegram import convert
+from gateway.errors import PlatformError, PlatformUnavailable, RateLimited
+
+T = TypeVar("T")
+
+URL_LOGGERS: Final = ("httpx", "telegram.Bot", "telegram.request.BaseRequest")
+
+
+@dataclasses.dataclass(frozen=True)
+class Redact(logging.Filter):
+    """Replaces the token in records of the HTTP and PTB loggers, which log request URLs.
+
+    The message is rendered here, once: PTB logs a reply dict it later rewrites to
+    hold the file URL, which a handler formatting afterwards would show. Equal for
+    equal tokens, so a logger never gets the same one twice.
+    """
+
+    secret: str
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = record.getMessage().replace(self.secret, "<token>"), ()
+        return True
+
+
+def redact_url_loggers(token: str) -> None:
+    """Adds the token's `Redact` filter to every logger that logs request URLs."""
+    for name in URL_LOGGERS:
+        logging.getLogger(name).addFilter(Redact(token))
+
+
+def seconds(value: object) -> float:
+    """A PTB time period (a timedelta, or seconds) in seconds; 1 when it is neither."""
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    return float(value) if isinstance(value, int | float) else 1.0
+
+
+def platform_error(exc: TelegramError, token: str) -> PlatformError:
+    """Our error for PTB's; its text without the token (PTB quotes it in InvalidToken)."""
+    if isinstance(exc, RetryAfter):
+        return RateLimited(seconds(exc.retry_after), convert.NAME)
+    text = f"telegram: {type(exc).__name__}: {exc.message.replace(token, '<token>')}"
+    # BadRequest is a NetworkError in PTB's tree, but a refusal, not an outage.
+    if isinstance(exc, TimedOut | NetworkError) and not isinstance(exc, BadRequest):
+        return PlatformUnavailable(text)
+    return PlatformError(text)
+
+
+async def call(awaitable: Awaitable[T], token: str) -> T:
+    """`awaitable`'s result, with a PTB error raised as ours."""
+    try:
+        return await awaitable
+    except TelegramError as exc:
+        raise platform_error(exc, token) from None
