@@ -8,8 +8,8 @@ which returns a `Channel` from the platform's own settings part and the shared
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -63,7 +63,12 @@ class ChannelContext:
     webhooks: WebhookServer | None
     """The shared HTTP server for platforms that call us; None when none is configured."""
     commands: tuple[tuple[str, str], ...] = ()
-    """(name, one-line description) of every chat command, for platform menus."""
+    """(name, one-line description) of everyone's chat commands, for platform menus."""
+    operator_commands: tuple[tuple[str, str], ...] = ()
+    """The same of every command, the operators' included, for the operators' own menus."""
+    operators: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Each channel's operators by platform user id (`[access.<channel>] admins`). Only
+    menus use it: whether someone may run a command is decided in the core."""
     state_dir: Path | None = None
     """Where an adapter keeps what must outlive a restart (sync tokens, crypto keys);
     one subdirectory per channel. None: nothing is kept."""

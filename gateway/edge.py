@@ -62,9 +62,9 @@ def webhook_server(settings: ChannelsSettings) -> WebhookServer:
     )
 
 
-def menu(commands: Registry) -> tuple[tuple[str, str], ...]:
-    """The commands a platform menu shows: everyone's, not the admins'."""
-    return tuple((c.name, c.summary) for c in commands if not c.admin_only)
+def menu(commands: Registry, *, operators: bool = False) -> tuple[tuple[str, str], ...]:
+    """The commands a platform menu shows: everyone's, or every one for `operators`."""
+    return tuple((c.name, c.summary) for c in commands if operators or not c.admin_only)
 
 
 @contextlib.asynccontextmanager
@@ -94,6 +94,8 @@ async def run_channels(
             deliveries=Deliveries(client),
             webhooks=webhooks,
             commands=menu(commands),
+            operator_commands=menu(commands, operators=True),
+            operators={name: settings.access.of(name).admins for name in names},
             state_dir=settings.data_dir / "channels",
         )
         channels: list[Channel] = [

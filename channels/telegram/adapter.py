@@ -21,7 +21,7 @@ from collections.abc import Awaitable
 from typing import Final, TypeVar
 
 import aiohttp
-from telegram import Bot, BotCommand, LinkPreviewOptions, ReplyParameters
+from telegram import Bot, BotCommand, BotCommandScopeChat, LinkPreviewOptions, ReplyParameters
 from telegram.constants import ChatAction
 from telegram.error import BadRequest, TelegramError
 
@@ -99,12 +99,7 @@ class TelegramChannel:
 
     async def receive(self, publish: Publish) -> None:
         identity = await until_done(self._ready, "getMe")
-        commands = [BotCommand(n.lstrip("/"), d) for n, d in self._context.commands]
-        if commands:
-            try:
-                await self._call(self._bot.set_my_commands(commands))
-            except PlatformError as exc:
-                log.warning("telegram: the command menu was not set (%s)", exc)
+        await self._set_menus()
         try:
             async with aiohttp.ClientSession() as session:
                 admit = functools.partial(self._admit, publish, session, identity)
@@ -114,6 +109,27 @@ class TelegramChannel:
                     await self._poll(admit)
         finally:
             await self.aclose()
+
+    async def _set_menus(self) -> None:
+        """Everyone's commands in the bot's menu; every command in each operator's own
+        private chat with the bot (its id is theirs). A menu not set is logged only."""
+        menus: list[tuple[BotCommandScopeChat | None, tuple[tuple[str, str], ...]]] = [
+            (None, self._context.commands)
+        ]
+        for operator in self._context.operators.get(convert.NAME, ()):
+            if not (operator.isascii() and operator.isdigit()):
+                log.warning("telegram: operator id %r is not a number: no menu for it", operator)
+                continue
+            menus.append((BotCommandScopeChat(int(operator)), self._context.operator_commands))
+        for scope, listed in menus:
+            if not listed:
+                continue
+            commands = [BotCommand(n.lstrip("/"), d) for n, d in listed]
+            try:
+                await self._call(self._bot.set_my_commands(commands, scope=scope))
+            except PlatformError as exc:
+                whose = "the" if scope is None else f"operator {scope.chat_id}'s"
+                log.warning("telegram: %s command menu was not set (%s)", whose, exc)
 
     async def aclose(self) -> None:
         """Close the HTTP connections; a later call opens them again."""

@@ -239,6 +239,11 @@ class FakeTelegram:
     actions: list[tuple[str, str, str]] = field(default_factory=list)
     """(chat_id, action, message_thread_id) of each sendChatAction."""
     commands: list[list[dict[str, str]]] = field(default_factory=list)
+    """The default menu, each time it was set."""
+    chat_commands: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    """The menu of one chat (scope "chat"), by chat id."""
+    unknown_chats: set[str] = field(default_factory=set)
+    """Chat ids Telegram answers "chat not found" for, as for a user who never wrote."""
     webhook_url: str = ""
     webhook_secret: str = ""
     webhook_statuses: list[int] = field(default_factory=list)
@@ -417,7 +422,17 @@ class FakeTelegram:
         return _ok(True)
 
     async def _m_setMyCommands(self, fields: dict[str, str]) -> web.Response:
-        self.commands.append(json.loads(fields["commands"]))
+        commands = json.loads(fields["commands"])
+        scope = _json(fields.get("scope")) or {"type": "default"}
+        if scope.get("type") == "default":
+            self.commands.append(commands)
+            return _ok(True)
+        chat_id = str(scope.get("chat_id", ""))
+        if scope.get("type") != "chat" or not chat_id:
+            return _error(400, "Bad Request: unsupported scope")
+        if chat_id in self.unknown_chats:
+            return _error(400, "Bad Request: chat not found")
+        self.chat_commands[chat_id] = commands
         return _ok(True)
 
     async def _m_sendChatAction(self, fields: dict[str, str]) -> web.Response:

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from channels import registry
 from gateway.bus import IN_STREAM
-from gateway.commands import default_registry
+from gateway.commands import Command, CommandContext, default_registry
 from gateway.edge import PLATFORMS, enabled, media_policy, menu, needs_webhooks, run_channels
 from gateway.envelope import decode_inbound
 from gateway.settings import ChannelsSettings, Settings
@@ -83,6 +83,19 @@ def test_the_media_policy_and_the_menu_come_from_settings_and_commands() -> None
     policy = media_policy(channels(media={"max_bytes": 4096, "allowed_types": ["image/*"]}))
     assert (policy.max_bytes, policy.allowed_types) == (4096, ("image/*",))
     assert ("help", "list the commands") in menu(default_registry())
+
+
+def test_the_operators_menu_has_every_command_and_everyones_leaves_theirs_out() -> None:
+    registry_ = default_registry()
+    registry_.add(Command("kill", "remove an agent", "/kill USER", _no_handler, admin_only=True))
+    everyone = [name for name, _ in menu(registry_)]
+    operators = [name for name, _ in menu(registry_, operators=True)]
+    assert "kill" not in everyone and "help" in everyone
+    assert operators == [*everyone, "kill"]
+
+
+async def _no_handler(context: CommandContext, args: tuple[str, ...]) -> str:
+    raise AssertionError("not run")
 
 
 @pytest.mark.parametrize("name", PLATFORMS)

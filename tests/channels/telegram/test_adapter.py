@@ -52,6 +52,7 @@ def make_context(
     redis: aioredis.Redis,
     webhooks: WebhookServer | None = None,
     media: MediaPolicy | None = None,
+    operators: tuple[str, ...] = (),
 ) -> ChannelContext:
     return ChannelContext(
         blobs=Blobs(redis),
@@ -59,6 +60,8 @@ def make_context(
         deliveries=Deliveries(redis),
         webhooks=webhooks,
         commands=COMMANDS,
+        operator_commands=(*COMMANDS, ("kill", "Remove an agent")),
+        operators={"telegram": operators},
     )
 
 
@@ -153,6 +156,27 @@ async def test_start_registers_the_commands_and_leaves_webhook_mode(
     ]
     methods = [method for method, _ in fake.calls]
     assert methods[:4] == ["getMe", "setMyCommands", "deleteWebhook", "getUpdates"]
+
+
+async def test_each_operator_gets_every_command_in_their_own_chat_and_a_refusal_is_logged(
+    fake: FakeTelegram, redis: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.unknown_chats.add("5150")  # an operator who never wrote to the bot
+    context = make_context(redis, operators=("4242", "5150", "@boss"))
+    channel = build(polling(fake), context)
+    async with receiving(channel, _accept):
+        await until(lambda: bool(fake.offsets))  # polling: it went on after the refusals
+    everyone = [
+        {"command": "help", "description": "What the bot can do"},
+        {"command": "usage", "description": "Spending so far"},
+    ]
+    assert fake.commands == [everyone]
+    assert fake.chat_commands == {
+        "4242": [*everyone, {"command": "kill", "description": "Remove an agent"}]
+    }
+    assert "operator 5150's command menu was not set" in caplog.text
+    assert "operator id '@boss' is not a number" in caplog.text
+    assert fake.token not in caplog.text
 
 
 async def test_another_bots_message_arrives_marked_from_bot_and_the_bots_own_does_not(
