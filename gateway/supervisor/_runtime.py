@@ -145,6 +145,8 @@ class DockerRuntime:
         self._engine_id: str | None = None
         self._started: dict[str, _Started] = {}
         """By container id: neither changes while the container lives."""
+        self._kernel_seen = False
+        """A container was measured from the kernel's files: they are in sight here."""
         self._usage_threads: ThreadPoolExecutor | None = None
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -262,7 +264,12 @@ class DockerRuntime:
                 )
             started = self._started[container_id]
             memory = _cgroup.read_memory(started.pid, container_id, self._proc, self._cgroups)
+            self._kernel_seen = self._kernel_seen or memory is not None
             if memory is None:
+                if self._kernel_seen:
+                    # Restarted in place (a new main process and start time), most
+                    # likely: both are read again at the next sample.
+                    self._started.pop(container_id, None)
                 # one_shot: a single sample, not the two-sample average that takes 2 s.
                 stats = api.stats(container_id, stream=False, one_shot=True)
                 memory = stats.get("memory_stats") or {}

@@ -12,7 +12,7 @@ import pytest
 
 from gateway.supervisor import DockerRuntime
 from gateway.supervisor._cgroup import memory_dir, memory_stats, read_memory
-from gateway.supervisor._runtime import memory_in_use
+from gateway.supervisor._runtime import engine_time, memory_in_use
 from tests.gateway.supervisor._harness import Stack, wake_all
 
 CID = "4f1c" * 16
@@ -112,6 +112,18 @@ async def test_a_running_agent_is_measured_from_the_kernel_as_the_engine_measure
     usage = await planted.usage(cid)
     assert usage is not None
     assert (usage.memory_bytes, usage.memory_limit_bytes) == (4000, 8000)
+
+    # Restarted in place: the old main process is gone. That sample comes from the
+    # engine, and the next one finds the new process and start time.
+    docker_engine.api.restart(cid, timeout=1)
+    restarted = docker_engine.api.inspect_container(cid)["State"]
+    assert restarted["Pid"] != pid
+    usage = await planted.usage(cid)
+    assert usage is not None and usage.memory_limit_bytes == 96 * 1024 * 1024
+    usage = await planted.usage(cid)
+    assert usage is not None
+    assert (usage.memory_bytes, usage.memory_limit_bytes) == (4000, 8000)
+    assert usage.started_at == pytest.approx(engine_time(restarted["StartedAt"]))
 
     # Out of sight (another host's engine): the engine's stats call measures it.
     remote = DockerRuntime(docker_engine, stack.runtime.deployment, proc=tmp_path / "no-proc")
