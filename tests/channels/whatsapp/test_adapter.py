@@ -128,6 +128,10 @@ async def test_a_signed_message_becomes_an_envelope_and_its_reply_carries_a_stat
     assert sent.from_ == "whatsapp:+14155238886"
     assert sent.body == "Hi *Ada*, see docs (https://example.org/d)"
     assert sent.status_callback == rig.harness.public_url("/twilio/status")
+    # The receipt is written once Twilio's answer is back, after the fake saw the send.
+    await eventually(
+        lambda: _is_not_none(rig.deliveries.receipt("whatsapp", sent.sid)), within=10.0
+    )
     receipt = await rig.deliveries.receipt("whatsapp", sent.sid)
     assert receipt is not None
     assert receipt.status == "accepted"
@@ -136,6 +140,10 @@ async def test_a_signed_message_becomes_an_envelope_and_its_reply_carries_a_stat
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def _is_not_none(value: Awaitable[object]) -> bool:
+    return await value is not None
 
 
 async def test_the_message_webhook_answers_empty_twiml(rig: Rig) -> None:
@@ -266,6 +274,10 @@ async def test_a_long_reply_is_sent_in_parts_within_1600_characters(rig: Rig) ->
     assert all(len(m.body) <= 1600 for m in rig.fake.sent)
     assert " ".join(m.body for m in rig.fake.sent).split() == words
     for message in rig.fake.sent:
+        await eventually(
+            lambda sid=message.sid: _is_not_none(rig.deliveries.receipt("whatsapp", sid)),
+            within=10.0,
+        )
         receipt = await rig.deliveries.receipt("whatsapp", message.sid)
         assert receipt is not None
         assert receipt.outbound_id == "r1"
