@@ -18,54 +18,31 @@ from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
-from nio import (
-    AsyncClient,
-    AsyncClientConfig,
-    ErrorResponse,
-    InviteMemberEvent,
-    LoginResponse,
-    MegolmEvent,
-    RoomSendResponse,
-    SyncResponse,
-    WhoamiResponse,
-)
-from nio.exceptions import GroupEncryptionError, ProtocolError
+from nio import InviteMemberEvent, MegolmEvent, RoomSendResponse, SyncResponse
 
 from channels._shared.media import receive_files
 from channels._shared.outbox import send_parts
 from channels.base import Capabilities, ChannelContext, Publish
 from channels.matrix import convert
+from channels.matrix._errors import call
+from channels.matrix._login import login, save
 from gateway.envelope import Outbound
-from gateway.errors import ConfigError, PlatformError, PlatformUnavailable, StockadeError
+from gateway.errors import ConfigError, PlatformError, StockadeError
 from gateway.settings import MatrixSettings
 
 SYNC_TIMEOUT_MS: Final = 30_000
-REQUEST_TIMEOUT_S: Final = 60.0
 TYPING_MS: Final = 10_000
 BACKOFF_MIN_S: Final = 0.5
 BACKOFF_MAX_S: Final = 30.0
 OWN_EVENTS: Final = 10_000
 """Event ids of our own messages remembered, so a reply to one counts as a mention."""
 TOKEN_FILE: Final = "sync_token"
-DEVICE_FILE: Final = "device_id"
 
 log = logging.getLogger("stockade.channels.matrix")
 
 _NIO_LOGGER: Final = "nio"
 """matrix-nio's loggers: at DEBUG they write whole responses, the login's access token
 and people's messages among them. They never log below INFO here, whatever -v says."""
-
-
-def _error(response: object, what: str) -> PlatformError:
-    status = getattr(response, "status_code", None) or ""
-    transport = getattr(response, "transport_response", None)
-    http = getattr(transport, "status", None)
-    return convert.send_error(
-        str(status or http or "error"),
-        f"{what}: {getattr(response, 'message', '')}",
-        getattr(response, "retry_after_ms", None),
-        http if isinstance(http, int) else None,
-    )
 
 
 def _member(event: Any) -> dict[str, object]:
@@ -78,12 +55,6 @@ def _member(event: Any) -> dict[str, object]:
         "state_key": event.state_key,
         "content": {"membership": event.membership},
     }
-
-
-def _write(path: Path, value: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(value)
-    tmp.replace(path)
 
 
 class MatrixChannel:
@@ -107,68 +78,11 @@ class MatrixChannel:
     def capabilities(self) -> Capabilities:
         return convert.CAPABILITIES
 
-    async def _call(self, what: str, call: Any) -> Any:
-        """A nio request; its error answer or a lost connection as our error."""
-        try:
-            response = await call
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise PlatformUnavailable(f"matrix: {what}: {type(exc).__name__}") from None
-        except (ProtocolError, GroupEncryptionError) as exc:
-            # nio's own refusals (unknown room, no keys yet): messages hold ids, no secret
-            raise PlatformError(f"matrix: {what}: {type(exc).__name__}: {exc}") from None
-        if isinstance(response, ErrorResponse):
-            raise _error(response, what)
-        return response
-
     async def _ready(self) -> Any:
         async with self._lock:
             if self._client is None:
-                self._client = await self._login()
+                self._client, self._bot = await login(self._settings, self._homeserver, self._dir)
             return self._client
-
-    async def _login(self) -> Any:
-        settings = self._settings
-        device_id = settings.device_id
-        if self._dir is not None:
-            self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            saved = self._dir / DEVICE_FILE
-            if not device_id and saved.exists():
-                device_id = saved.read_text().strip()
-        config = AsyncClientConfig(
-            encryption_enabled=settings.encryption,
-            store_sync_tokens=False,  # our own file, written after publishing
-            max_limit_exceeded=0,  # rate limits reach send_with_retry, which honours them
-            max_timeouts=0,
-            request_timeout=REQUEST_TIMEOUT_S,
-        )
-        client = AsyncClient(
-            self._homeserver,
-            settings.user_id,
-            device_id=device_id or None,
-            store_path=str(self._dir) if self._dir is not None else "",
-            config=config,
-        )
-        try:
-            if settings.access_token is not None:
-                client.access_token = settings.access_token.get_secret_value()
-                if not device_id:
-                    whoami = await self._call("whoami", client.whoami())
-                    device_id = whoami.device_id if isinstance(whoami, WhoamiResponse) else ""
-                client.restore_login(settings.user_id, device_id, client.access_token)
-            else:
-                assert settings.password is not None  # the settings validator saw to it
-                login = await self._call(
-                    "login", client.login(settings.password.get_secret_value(), "stockade")
-                )
-                device_id = login.device_id if isinstance(login, LoginResponse) else device_id
-            if self._dir is not None and device_id:
-                _write(self._dir / DEVICE_FILE, device_id)
-            profile = await client.get_displayname(settings.user_id)
-            self._bot = convert.Bot(settings.user_id, getattr(profile, "displayname", "") or "")
-        except BaseException:
-            await client.close()
-            raise
-        return client
 
     async def aclose(self) -> None:
         async with self._lock:
@@ -201,7 +115,7 @@ class MatrixChannel:
         token = path.read_text().strip() if path is not None and path.exists() else None
         first = True
         while True:
-            response = await self._call(
+            response = await call(
                 "sync",
                 client.sync(
                     timeout=0 if first else SYNC_TIMEOUT_MS,
@@ -220,28 +134,28 @@ class MatrixChannel:
             await self._crypto_chores(client)
             token, first = response.next_batch, False
             if path is not None:
-                _write(path, token)
+                save(path, token)
 
     async def _crypto_chores(self, client: Any) -> None:
         """What `sync_forever` does between syncs for end-to-end encryption."""
         if not self._settings.encryption:
             return
-        await self._call("to-device", client.send_to_device_messages())
+        await call("to-device", client.send_to_device_messages())
         if client.should_upload_keys:
-            await self._call("keys upload", client.keys_upload())
+            await call("keys upload", client.keys_upload())
         if client.should_query_keys:
-            await self._call("keys query", client.keys_query())
+            await call("keys query", client.keys_query())
         if client.should_claim_keys:
             users = client.get_users_for_key_claiming()
-            await self._call("keys claim", client.keys_claim(users))
+            await call("keys claim", client.keys_claim(users))
 
     async def _invite(self, client: Any, room_id: str, state: list[dict[str, object]]) -> None:
         sender = convert.inviter(state, self._settings.user_id)
         if convert.invite_allowed(sender, self._settings.allowed_inviters):
-            await self._call("join", client.join(room_id))
+            await call("join", client.join(room_id))
             log.info("matrix: joined %s on the invite of %s", room_id, sender)
         else:
-            await self._call("leave", client.room_leave(room_id))
+            await call("leave", client.room_leave(room_id))
             log.warning("matrix: declined an invite to %s from %r", room_id, sender)
 
     async def _event(
@@ -290,7 +204,7 @@ class MatrixChannel:
         contents = convert.message_contents(outbound.text, outbound.reply_to, outbound.thread_id)
 
         async def send_part(index: int, content: dict[str, object]) -> None:
-            response = await self._call(
+            response = await call(
                 "send",
                 client.room_send(
                     outbound.conversation_id,
@@ -309,7 +223,7 @@ class MatrixChannel:
 
     async def show_typing(self, conversation_id: str, thread_id: str) -> None:
         client = await self._ready()
-        await self._call("typing", client.room_typing(conversation_id, True, timeout=TYPING_MS))
+        await call("typing", client.room_typing(conversation_id, True, timeout=TYPING_MS))
 
 
 def build(settings: MatrixSettings, context: ChannelContext) -> MatrixChannel:

@@ -23,7 +23,6 @@ import asyncio
 import logging
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -42,51 +41,16 @@ from channels._shared.outbox import send_parts
 from channels._shared.webhooks import Webhook, WebhookRequest, WebhookResponse
 from channels.base import Capabilities, ChannelContext, Publish
 from channels.slack import convert
+from channels.slack._names import channel_names, user_names
 from gateway.envelope import Attachment, Outbound
 from gateway.errors import ConfigError, PlatformError, PlatformUnavailable
 from gateway.settings import SlackSettings
 
 log = logging.getLogger("stockade.channels.slack")
 
-NAME_CACHE_SIZE: Final = 2_048
-NAME_TTL_S: Final = 3_600.0
-"""Names change rarely; an hour-old display name is good enough for a greeting."""
 MAX_MENTION_LOOKUPS: Final = 8
 """Bounds the users.info calls one message can cause."""
 _ANYTHING: Final = re.compile(".*")
-_LOOKUP_ERRORS: Final = (SlackClientError, aiohttp.ClientError, TimeoutError)
-
-
-LOOKUP_TIMEOUT_S: Final = 1.0
-"""Names are nice to have; Slack wants its ack within 3 s, and it comes after them."""
-
-
-class _Names:
-    """Names by id, fetched on first use, bounded and expiring; failures are not kept."""
-
-    def __init__(self, fetch: Callable[[str], Awaitable[str]], what: str) -> None:
-        self._fetch = fetch
-        self._what = what
-        self._cache: OrderedDict[str, tuple[str, float]] = OrderedDict()
-
-    async def get(self, ident: str) -> str:
-        """The name of `ident`, or "" when Slack cannot say (the caller falls back to the id)."""
-        now = time.monotonic()
-        cached = self._cache.get(ident)
-        if cached is not None and now - cached[1] < NAME_TTL_S:
-            self._cache.move_to_end(ident)
-            return cached[0]
-        try:
-            async with asyncio.timeout(LOOKUP_TIMEOUT_S):
-                name = await self._fetch(ident)
-        except _LOOKUP_ERRORS as exc:
-            log.info("slack: %s lookup failed (%s); using the id", self._what, type(exc).__name__)
-            return ""
-        self._cache[ident] = (name, now)
-        self._cache.move_to_end(ident)
-        while len(self._cache) > NAME_CACHE_SIZE:
-            self._cache.popitem(last=False)
-        return name
 
 
 def _platform_error(error: SlackApiError) -> PlatformError:
@@ -133,8 +97,8 @@ class SlackChannel:
         )
         self._app.event(_ANYTHING)(self._event_listener())
         self._app.command(_ANYTHING)(self._command_listener())
-        self._users = _Names(self._user_name, "users.info")
-        self._channels = _Names(self._channel_name, "conversations.info")
+        self._users = user_names(self._client)
+        self._channels = channel_names(self._client)
         self._publish: Publish | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -280,14 +244,6 @@ class SlackChannel:
             allowed_prefixes=(self._settings.files_base,),
             headers={"Authorization": f"Bearer {self._token}"},
         )
-
-    async def _user_name(self, user: str) -> str:
-        answer = await self._client.users_info(user=user)
-        return convert.display_name(answer.data if isinstance(answer.data, dict) else {})
-
-    async def _channel_name(self, channel: str) -> str:
-        answer = await self._client.conversations_info(channel=channel)
-        return convert.channel_name(answer.data if isinstance(answer.data, dict) else {})
 
     # -- sending -----------------------------------------------------------------------
 
