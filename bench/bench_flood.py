@@ -74,7 +74,13 @@ from gateway.supervisor import docker_client, ensure_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fakes and helpers
 
-from tests.fakes.telegram import FakeTelegram, SentMessage, started_telegram, user
+from tests.fakes.telegram import (
+    WEBHOOK_CONNECTIONS,
+    FakeTelegram,
+    SentMessage,
+    started_telegram,
+    user,
+)
 from tests.services import TEST_IMAGE
 from tests.test_end_to_end import Gateway, started
 
@@ -82,8 +88,6 @@ P95_TARGET: Final = 0.20
 FIRST_USER: Final = 1001
 FLOODER: Final = 7777
 ADMIN: Final = 9000
-TELEGRAM_CONNECTIONS: Final = 40
-"""Telegram's default `max_connections` for a webhook: updates in flight at once."""
 TELEGRAM_ATTEMPTS: Final = 5
 WARM_TIMEOUT_S: Final = 180.0
 DRAIN_TIMEOUT_S: Final = 60.0
@@ -136,7 +140,7 @@ class Outbox:
 
     fake: TimedTelegram
     webhook: bool
-    gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(TELEGRAM_CONNECTIONS))
+    gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(WEBHOOK_CONNECTIONS))
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def send(self, sender: int, text: str, tally: Delivery) -> tuple[int, float]:

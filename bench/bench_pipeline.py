@@ -89,7 +89,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fakes 
 from bench._report import Figure, cut, load, machine, machine_line, ms
 from tests.apart import Pipeline, running_pipeline
 from tests.fakes.model_server import FakeModelServer, running_model_server
-from tests.fakes.telegram import FakeTelegram, SentMessage, started_telegram, user
+from tests.fakes.telegram import (
+    WEBHOOK_CONNECTIONS,
+    FakeTelegram,
+    SentMessage,
+    started_telegram,
+    user,
+)
 from tests.services import TEST_IMAGE, require
 from tests.test_end_to_end import started
 
@@ -97,8 +103,6 @@ TARGET_P50_S: Final = 0.015
 TARGET_P99_S: Final = 0.060
 TARGET_RATE: Final = 300.0
 FIRST_USER: Final = 2001
-TELEGRAM_CONNECTIONS: Final = 40
-"""Telegram's default `max_connections` for a webhook: updates in flight at once."""
 WARM_TIMEOUT_S: Final = 240.0
 DRAIN_TIMEOUT_S: Final = 60.0
 UP_TIMEOUT_S: Final = 120.0
@@ -146,7 +150,7 @@ class Outbox:
     """POSTs updates to the gateway's webhook as Telegram does, at most 40 in flight."""
 
     fake: ReplyingTelegram
-    gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(TELEGRAM_CONNECTIONS))
+    gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(WEBHOOK_CONNECTIONS))
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     refused: int = 0
 

@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 from gateway import embedded_redis
 from gateway.heartbeat import count_alive, read_beats
 from tests.services import RedisProcess
-from tests.test_end_to_end import environment, remove_agents
+from tests.test_end_to_end import environment, remove_agents, vault_set
 
 ROLES: Final = ("router", "channels", "agents")
 _RESTART_PAUSE_S: Final = 0.2
@@ -198,15 +198,6 @@ class Pipeline:
         return {role: s.exits for role, s in self.services.items() if s.exits}
 
 
-async def _vault_set(env: dict[str, str], name: str, value: str) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", "vault", "set", name, env=env,
-        stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    _, err = await proc.communicate(value.encode())
-    assert proc.returncode == 0, err.decode()
-
-
 @contextlib.asynccontextmanager
 async def running_pipeline(
     data_dir: Path, model_url: str, extra_env: dict[str, str]
@@ -224,7 +215,7 @@ async def running_pipeline(
     pipeline = Pipeline(data_dir, env, redis, {})
     deployment = ""
     try:
-        await _vault_set(env, "provider", "sk-chaos-provider-key")
+        await vault_set(env, "provider", "sk-chaos-provider-key")
         for role in ROLES:
             service = Service(role, env, log_dir)
             pipeline.services[role] = service

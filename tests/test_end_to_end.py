@@ -51,6 +51,16 @@ class Gateway:
         return redis.Redis(unix_socket_path=str(self.data_dir / "redis" / "redis.sock"))
 
 
+async def vault_set(env: dict[str, str], name: str, value: str) -> None:
+    """`stockade vault set NAME` with the value on stdin, as an operator runs it."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "vault", "set", name, env=env,
+        stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate(value.encode())
+    assert proc.returncode == 0, err.decode()
+
+
 def environment(data_dir: Path, model_url: str) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.upper().startswith("STOCKADE_")}
     return {
@@ -80,12 +90,7 @@ async def started(extra_env: dict[str, str], *, verbose: bool = True) -> AsyncIt
             env = environment(data_dir, model.url) | extra_env
             # The operator's way in: keys on stdin, into the vault, before `up`.
             for name, value in (("provider", CANARY_KEY), ("unused", UNUSED_CANARY)):
-                vault = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "gateway.cli", "vault", "set", name, env=env,
-                    stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                )  # fmt: skip
-                _, vault_err = await vault.communicate(value.encode())
-                assert vault.returncode == 0, vault_err.decode()
+                await vault_set(env, name, value)
             # -v: debug logging, the most a log could give away.
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "gateway.cli", *(["-v"] if verbose else []), "up",

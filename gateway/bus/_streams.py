@@ -46,11 +46,13 @@ _BACKOFF_MAX_S: Final = 2.0
 _LAG_COUNT_CAP: Final = 100_000
 _EMPTY_ID: Final = "0-0"
 _SEND_MAX: Final = 256
+"""Most publishes sent in one script call: a longer call would hold up Redis."""
 ADOPT_EVERY_S: Final = 2.0
 """How often a consumer looks for dead consumers' entries in its group (with `gone`)."""
 ADOPT_BATCH: Final = 1_000
+"""A dead consumer's pending entries taken over per look; more come at the next."""
 ADOPT_MIN_IDLE_MS: Final = 1_000
-"""Most publishes sent in one script call: a longer call would hold up Redis."""
+"""An entry touched more recently than this is left alone: its process may be alive."""
 
 _Publish = tuple[str, str | None, bytes]
 """One queued publish: stream, dedupe marker key (or None), fields packed as JSON."""

@@ -116,12 +116,19 @@ def backoff_s(attempt: int) -> float:
 
 
 def _register(litellm: Any, name: str, prices: tuple[float, float]) -> None:
-    """Give LiteLLM the configured price of `name`.
+    """Give LiteLLM the configured price of `name` when its cost map lacks the model.
 
     LiteLLM prices every answer itself too, for its own bookkeeping; for a model missing
     from its cost map that is a slow search of the map on every call (about 1.5 ms of
     CPU here, a fifth of a call's cost). Our bills still come from the configured price.
+    A model the map knows keeps its entry there: another alias of it without a price of
+    its own is billed at the map's price, not at this alias's.
     """
+    try:
+        litellm.get_model_info(name)
+        return
+    except litellm.exceptions.ModelNotMappedError:
+        pass
     provider, _, _ = name.partition("/")
     entry: dict[str, object] = {
         "input_cost_per_token": prices[0],

@@ -35,6 +35,8 @@ from tests.fakes._serve import serving
 TOKEN: Final = "123456789:AAFakeTokenForTestsOnly_abcdefghij"
 BOT_ID: Final = 123456789
 BOT_USERNAME: Final = "stockade_bot"
+WEBHOOK_CONNECTIONS: Final = 40
+"""Telegram's default `max_connections` for a webhook: updates in flight at once."""
 MAX_TEXT: Final = 4096
 SECRET_HEADER: Final = "X-Telegram-Bot-Api-Secret-Token"
 

@@ -111,6 +111,24 @@ async def test_a_model_in_litellms_cost_map_needs_no_configured_price(
         assert await spent(built) > 0
 
 
+async def test_a_configured_price_does_not_reprice_the_same_model_for_other_aliases(
+    redis: aioredis.Redis, fake: FakeModelServer, directory: Path
+) -> None:
+    dear = Price(input_usd_per_mtok=1_000.0, output_usd_per_mtok=1_000.0)
+    models = {
+        "default": priced_model(fake.url, "openai/gpt-4o-mini", price=None),
+        "dear": priced_model(fake.url, "openai/gpt-4o-mini", price=dear),
+    }
+    async with model_calls(redis, directory, models, key=KEY) as built:
+        await built.calls.chat(USER, request(built.calls, model="dear"))
+        at_the_configured_price = await spent(built)
+        await built.calls.chat(USER, request(built.calls))
+        at_the_maps_price = await spent(built) - at_the_configured_price
+
+    # The same usage both times: the map's price for gpt-4o-mini is far below $1,000.
+    assert 0 < at_the_maps_price * 100 < at_the_configured_price
+
+
 async def test_a_call_is_billed_at_the_cost_of_the_usage_the_provider_reported(
     redis: aioredis.Redis, fake: FakeModelServer, directory: Path
 ) -> None:
