@@ -180,6 +180,10 @@ _redis_errors: Final = _RedisErrors()
 # redis-py times socket reads out after 5 s when a client sets no socket_timeout
 # (a client from from_url does not), so that is the bound for a blocking read.
 _REDIS_PY_DEFAULT_TIMEOUT_S: Final = 5.0
+# Redis checks blocked clients' timeouts from its event loop, which wakes at least
+# every 1000/hz ms (hz 10 by default): a BLOCK can end up to 100 ms late, more on a
+# loaded host. A blocking read leaves at least this much of the socket timeout free.
+_BLOCK_MARGIN_S: Final = 0.25
 
 
 class Bus:
@@ -212,7 +216,8 @@ class Bus:
             client.connection_pool.connection_kwargs.get("socket_timeout")
             or _REDIS_PY_DEFAULT_TIMEOUT_S
         )
-        self._max_block_ms = max(1, int(timeout_s * 800))
+        margin_s = max(timeout_s * 0.2, _BLOCK_MARGIN_S)
+        self._max_block_ms = max(1, int((timeout_s - margin_s) * 1000))
         # Per (stream, group, consumer): progress through the consumer's own PEL,
         # which is re-read once before anything else; then where XAUTOCLAIM goes on.
         self._own_done: set[tuple[str, str, str]] = set()

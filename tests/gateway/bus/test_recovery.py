@@ -78,6 +78,7 @@ async def test_sigkilled_consumer_loses_nothing_and_duplicates_nothing(
     redis_server: RedisProcess,
     consumer_procs: list[asyncio.subprocess.Process],
     mode: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     bus = Bus(redis, BusSettings(claim_idle_ms=200, block_ms=50))
     await bus.ensure_group(IN_STREAM, "router")
@@ -113,23 +114,34 @@ async def test_sigkilled_consumer_loses_nothing_and_duplicates_nothing(
     assert held, "the killed consumer should have died holding unacked entries"
 
     reclaimed: list[Delivery] = []
+    handled: list[str] = []
 
     async def handler(delivery: Delivery) -> None:
+        handled.append(delivery.entry_id)
         if delivery.deliveries > 1:
             reclaimed.append(delivery)
         await apply(redis, bus, mode, delivery)
 
     started = time.monotonic()
-    async with consuming(bus, IN_STREAM, "router", "survivor", handler):
+    with caplog.at_level(logging.WARNING, logger="stockade.bus"):
+        async with consuming(bus, IN_STREAM, "router", "survivor", handler):
 
-        async def finished() -> bool:
-            summary = await redis.xpending(IN_STREAM, "router")
-            return await _done(redis, mode) == BATCH and summary["pending"] == 0
+            async def finished() -> bool:
+                summary = await redis.xpending(IN_STREAM, "router")
+                return await _done(redis, mode) == BATCH and summary["pending"] == 0
 
-        await eventually(finished, within=30)
+            await eventually(finished, within=30)
     recovery_s = time.monotonic() - started
 
-    assert {d.entry_id for d in reclaimed} == {p["message_id"].decode() for p in held}
+    held_ids = {p["message_id"].decode() for p in held}
+    reclaimed_ids = {d.entry_id for d in reclaimed}
+    assert held_ids <= reclaimed_ids
+    assert len(handled) == len(set(handled)), "an entry was handled twice"
+    if reclaimed_ids - held_ids:
+        # The survivor's own batch ran past claim_idle_ms (a slow host): the bus left
+        # its unhandled tail to the reclaim pass, and says so.
+        slow = [r for r in caplog.records if "slow for claim_idle_ms" in r.getMessage()]
+        assert slow, f"reclaimed entries nobody held: {sorted(reclaimed_ids - held_ids)}"
     if mode == "effect":
         effects = await redis.hgetall(EFFECTS_KEY)
         assert sorted(int(k) for k in effects) == list(range(BATCH))
