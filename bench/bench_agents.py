@@ -74,6 +74,7 @@ from gateway.settings import (
 from gateway.supervisor import (
     DockerRuntime,
     Supervisor,
+    Workspaces,
     container_name,
     deployment_id,
     docker_client,
@@ -376,7 +377,7 @@ class Pipeline:
         left = await asyncio.to_thread(sweep)
         print(
             f"  cleaned up: {removed} containers of deployment {self.deployment} and "
-            f"the workspace volumes of {volumes} users"
+            f"the workspaces of {volumes} users"
             + (f"; {left} containers came back" if left else "")
         )
 
@@ -404,7 +405,11 @@ async def pipeline(image: str, max_running: int, model_name: str) -> AsyncIterat
             )
             mesh = Mesh(bus, calls.calls, MeshSettings(), Path(tmp) / "mesh")
             deployment = await deployment_id(client)
-            runtime = DockerRuntime(TimedDocker(real_docker, names, marks), deployment)
+            runtime = DockerRuntime(
+                TimedDocker(real_docker, names, marks),
+                deployment,
+                workspaces=Workspaces(Path(tmp) / "workspaces"),
+            )
             built = Pipeline(
                 client, reader, bus, mesh, runtime, real_docker, deployment, marks, names
             )

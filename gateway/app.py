@@ -182,8 +182,18 @@ def _image_progress(line: str) -> None:
 @contextlib.asynccontextmanager
 async def _agents(client: aioredis.Redis, settings: Settings) -> AsyncIterator[Supervisor]:
     """The supervisor and the mesh on this Docker host; the agent image is built if missing."""
-    from gateway.supervisor import DockerRuntime, deployment_id, docker_client, ensure_image
+    from gateway.supervisor import (
+        DockerRuntime,
+        Workspaces,
+        deployment_id,
+        docker_client,
+        ensure_image,
+    )
 
+    workspaces = Workspaces(settings.data_dir / "workspaces")
+    sizes = [settings.supervisor.limits, *settings.supervisor.overrides.values()]
+    if any(limits.workspace_mb for limits in sizes):
+        workspaces.check()
     docker = await asyncio.to_thread(docker_client, settings.docker)
     try:
         log.info("checking the agent image (the first build takes about a minute)")
@@ -209,7 +219,9 @@ async def _agents(client: aioredis.Redis, settings: Settings) -> AsyncIterator[S
                         yield Supervisor(
                             client,
                             role_bus(client, settings),
-                            DockerRuntime(docker, await deployment_id(client)),
+                            DockerRuntime(
+                                docker, await deployment_id(client), workspaces=workspaces
+                            ),
                             mesh,
                             image,
                             settings.supervisor,

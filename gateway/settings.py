@@ -77,6 +77,10 @@ class ImageSettings(_Part):
     """Mirror for the offline base; unset takes the one apt uses on this machine."""
 
 
+MIN_WORKSPACE_MB: Final = 16
+"""ext4 with its journal needs a few MB of its own."""
+
+
 class AgentLimits(_Part):
     """Resource limits of one agent container; safe defaults, overridable per user."""
 
@@ -86,6 +90,18 @@ class AgentLimits(_Part):
     pids: int = Field(default=128, ge=8, le=32_768)
     tmpfs_mb: int = Field(default=64, ge=1, le=4_096)
     """Size of the noexec /tmp; the root filesystem is read-only."""
+    workspace_mb: int = Field(default=1_024, ge=0, le=1_048_576)
+    """Size of the workspace, a filesystem of its own (an ext4 image loop-mounted on the
+    host, which takes root and `mkfs.ext4`); a larger size grows it, a smaller one is
+    not applied to an existing workspace. 0: an uncapped Docker volume, which lets an
+    agent fill the disk that holds Docker's volumes."""
+
+    @field_validator("workspace_mb")
+    @classmethod
+    def _workspace_fits_a_filesystem(cls, value: int) -> int:
+        if 0 < value < MIN_WORKSPACE_MB:
+            raise ValueError(f"0 (uncapped) or at least {MIN_WORKSPACE_MB}")
+        return value
 
 
 class SupervisorSettings(_Part):

@@ -52,6 +52,11 @@ ensure_debootstrap() {
     command -v debootstrap >/dev/null || apt_install debootstrap
 }
 
+ensure_e2fsprogs() {
+    # Each agent's workspace is an ext4 image of its own size, loop-mounted on the host.
+    PATH="$PATH:/usr/sbin:/sbin" command -v mkfs.ext4 >/dev/null || apt_install e2fsprogs
+}
+
 ensure_docker() {
     # The Docker engine runs the agents. Install Debian's docker.io when it is missing and
     # start dockerd in the background when no engine answers.

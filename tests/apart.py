@@ -227,7 +227,7 @@ async def running_pipeline(
         await asyncio.gather(*(s.stop() for s in pipeline.services.values()))
         redis.stop()
 
-        await asyncio.to_thread(remove_agents, deployment)
+        await asyncio.to_thread(remove_agents, deployment, data_dir)
 
 
 async def wait_until(what: str, check: Any, within_s: float, every_s: float = 0.1) -> float:

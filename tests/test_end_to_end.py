@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import signal
+import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -124,7 +125,7 @@ async def started(extra_env: dict[str, str], *, verbose: bool = True) -> AsyncIt
                 if proc.returncode is None:
                     await stop(gateway)
                 await reader
-                remove_agents(deployment)
+                remove_agents(deployment, data_dir)
 
 
 @pytest.fixture
@@ -157,12 +158,16 @@ def kill_leftovers(data_dir: Path) -> None:
                 os.kill(int(entry.name), signal.SIGKILL)
 
 
-def remove_agents(deployment: str) -> None:
-    """Remove the agent containers and workspaces of one deployment (`up` leaves them)."""
+def remove_agents(deployment: str, data_dir: Path) -> None:
+    """Remove the agent containers and workspaces of one deployment (`up` leaves them).
+
+    Workspaces are unmounted, so that removing the data directory removes their images
+    and leaves no loop device behind."""
     import docker
     import docker.errors
 
     if not deployment:
+        _unmount_workspaces(data_dir)
         return
     client = docker.from_env()
     # The raw listing: other runs on this engine may remove their containers meanwhile.
@@ -174,6 +179,13 @@ def remove_agents(deployment: str) -> None:
         with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
             client.api.remove_volume(f"stockade-ws-{user}")
     client.close()
+    _unmount_workspaces(data_dir)
+
+
+def _unmount_workspaces(data_dir: Path) -> None:
+    for point in sorted((data_dir / "workspaces").glob("u*")):
+        if point.is_dir() and os.path.ismount(point):
+            subprocess.run(["umount", str(point)], check=True)
 
 
 async def chat(gateway: Gateway, lines: str, user: str = "ada") -> tuple[int, str, str]:
@@ -250,8 +262,13 @@ async def test_two_console_users_get_two_containers_that_cannot_see_each_other(
             if entry["Labels"]["org.stockade.user"].encode() in users
         ]
         assert len(mine) == 2
-        volumes = {m.get("Name") for c in mine for m in c["Mounts"] if m["Type"] == "volume"}
-        assert len(volumes) == 2
+        # Each its own filesystem, made and mounted by `up` under its data directory.
+        workspaces = {
+            Path(m["Source"]) for c in mine for m in c["Mounts"] if m["Destination"] == "/workspace"
+        }
+        assert len(workspaces) == 2
+        assert {w.parent for w in workspaces} == {gateway.data_dir / "workspaces"}
+        assert all(os.path.ismount(w) for w in workspaces)
     finally:
         client.close()
 

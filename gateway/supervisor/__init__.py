@@ -28,6 +28,7 @@ from gateway.supervisor._supervisor import (
     Supervisor,
     deployment_id,
 )
+from gateway.supervisor._workspace import Workspaces
 from gateway.supervisor.image import base_tag, ensure_image
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "Outcome",
     "Runtime",
     "Supervisor",
+    "Workspaces",
     "agents_hash",
     "alive_key",
     "base_tag",

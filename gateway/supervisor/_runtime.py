@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,6 +17,9 @@ from typing import Any, Final, Protocol
 
 from gateway.errors import DependencyError
 from gateway.supervisor import _cgroup, _spec
+from gateway.supervisor._workspace import Workspaces
+
+log = logging.getLogger("stockade.supervisor")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +104,11 @@ class Runtime(Protocol):
 
     async def agents(self) -> list[AgentContainer]: ...
 
+    async def workspace(self, user_id: str, size_mb: int) -> str:
+        """What to mount as the user's workspace, ready: the host path of a filesystem
+        of `size_mb`, or with 0 the name of an uncapped volume."""
+        ...
+
     async def remove_workspace(self, user_id: str) -> None: ...
 
 
@@ -127,7 +136,8 @@ class _Started:
 class DockerRuntime:
     """Agent containers on a Docker engine, found again by their labels after a restart.
 
-    It sees only the containers of its own deployment.
+    It sees only the containers of its own deployment. Capped workspaces are made in
+    `workspaces` on this host, which must be the engine's host.
     """
 
     def __init__(
@@ -135,11 +145,13 @@ class DockerRuntime:
         client: Any,
         deployment: str,
         *,
+        workspaces: Workspaces,
         proc: Path = _cgroup.PROC_ROOT,
         cgroups: Path = _cgroup.CGROUP_ROOT,
     ) -> None:
         self._client = client
         self.deployment = deployment
+        self.workspaces = workspaces
         self._proc = proc
         self._cgroups = cgroups
         self._engine_id: str | None = None
@@ -293,11 +305,54 @@ class DockerRuntime:
             self._usage_threads, functools.partial(self._measure, container_id)
         )
 
-    async def remove_workspace(self, user_id: str) -> None:
+    async def workspace(self, user_id: str, size_mb: int) -> str:
+        if size_mb == 0:
+            if self.workspaces.image(user_id).exists():
+                log.warning(
+                    "the capped workspace of %s is left unmounted: workspace_mb is 0, so its "
+                    "agent gets an uncapped volume",
+                    user_id,
+                )
+            return _spec.volume_name(user_id)
+        point, made = await self.workspaces.ensure(user_id, size_mb)
+        if made:
+            await self._move_volume(user_id, size_mb)
+        return str(point)
+
+    async def _move_volume(self, user_id: str, size_mb: int) -> None:
+        """Move what an uncapped volume of the user holds into their new workspace."""
+        volume = await self._volume(user_id)
+        if volume is None:
+            return
+        source = Path(str(volume.attrs.get("Mountpoint") or ""))
+        if not source.is_absolute() or not source.is_dir():
+            raise DependencyError(
+                f"the volume {volume.name} is out of this host's sight: its files cannot "
+                "move into a capped workspace (is the Docker engine on another host?)"
+            )
+        try:
+            await self.workspaces.fill(user_id, source)
+        except DependencyError as exc:
+            # Nothing lost: the volume stays, and the next start tries again.
+            await self.workspaces.remove(user_id)
+            raise DependencyError(
+                f"the files in the volume of {user_id} did not move into its {size_mb} MB "
+                f"workspace ({exc}); if they do not fit, raise workspace_mb for this user "
+                "in [supervisor.overrides]"
+            ) from None
+        await self._call(volume.remove, force=True)
+        log.info("moved the volume of %s into its capped workspace", user_id)
+
+    async def _volume(self, user_id: str) -> Any | None:
         import docker.errors
 
         try:
-            volume = await self._call(self._client.volumes.get, _spec.volume_name(user_id))
+            return await self._call(self._client.volumes.get, _spec.volume_name(user_id))
         except docker.errors.NotFound:
-            return
-        await self._call(volume.remove, force=True)
+            return None
+
+    async def remove_workspace(self, user_id: str) -> None:
+        await self.workspaces.remove(user_id)
+        volume = await self._volume(user_id)
+        if volume is not None:
+            await self._call(volume.remove, force=True)

@@ -55,9 +55,18 @@ def labels(deployment: str, user_id: str) -> dict[str, str]:
 
 
 def container_spec(
-    deployment: str, user_id: str, image: str, limits: AgentLimits, mesh_dir: Path
+    deployment: str,
+    user_id: str,
+    image: str,
+    limits: AgentLimits,
+    mesh_dir: Path,
+    workspace: str,
 ) -> dict[str, Any]:
-    """Keyword arguments for docker's `containers.create` for this user's agent."""
+    """Keyword arguments for docker's `containers.create` for this user's agent.
+
+    `workspace` is what is mounted at `WORKSPACE`: the host path of the user's own
+    fixed-size filesystem, or the name of an (uncapped) Docker volume.
+    """
     memory = f"{limits.memory_mb}m"
     spec: dict[str, Any] = {
         "image": image,
@@ -83,7 +92,7 @@ def container_spec(
         "init": True,
         "privileged": False,
         "volumes": {
-            volume_name(user_id): {"bind": WORKSPACE, "mode": "rw"},
+            workspace: {"bind": WORKSPACE, "mode": "rw"},
             # Read-only: the agent connects to its socket but can create, swap or
             # remove nothing beside it (a root process on the host binds there).
             str(mesh_dir): {"bind": MESH_MOUNT, "mode": "ro"},

@@ -118,8 +118,9 @@ class Supervisor:
     async def _spec_of(self, user_id: str) -> dict[str, Any]:
         mesh_dir = await self._open_door(user_id)
         limits = self._settings.overrides.get(user_id, self._settings.limits)
+        workspace = await self._runtime.workspace(user_id, limits.workspace_mb)
         spec = _spec.container_spec(
-            self._runtime.deployment, user_id, self._image, limits, mesh_dir
+            self._runtime.deployment, user_id, self._image, limits, mesh_dir, workspace
         )
         self._spec_hashes[user_id] = spec["labels"][_spec.LABEL_SPEC]
         return spec

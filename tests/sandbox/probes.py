@@ -590,6 +590,35 @@ for path in walk():
 report(mountinfo=mountinfo, writable=writable, named=named)
 """
 
+DISK_FILL: Final = r"""
+import shutil, sys
+# Writes one file until the filesystem refuses, then makes empty files until it
+# refuses again (inodes are the other way to fill a disk), then deletes it all. Each
+# stops at `most` as well, so a missing cap fails the test without filling the host.
+directory, most = sys.argv[1], int(sys.argv[2]) << 20
+os.makedirs(directory)
+chunk = b"\xa5" * (1 << 20)
+written, write_failure = 0, None
+fd = os.open(directory + "/fill", os.O_WRONLY | os.O_CREAT, 0o600)
+try:
+    while written < most:
+        written += os.write(fd, chunk)
+    os.fsync(fd)
+except OSError as exc:
+    write_failure = errname(exc.errno)
+finally:
+    os.close(fd)
+files, files_failure = 0, None
+try:
+    while files < 1_000_000:
+        os.close(os.open(f"{directory}/{files}", os.O_WRONLY | os.O_CREAT, 0o600))
+        files += 1
+except OSError as exc:
+    files_failure = errname(exc.errno)
+shutil.rmtree(directory)
+report(written=written, write_failure=write_failure, files=files, files_failure=files_failure)
+"""
+
 FORK_BOMB: Final = r"""
 import signal, time
 children, failure = [], None

@@ -151,11 +151,6 @@ async def test_filling_tmp_stops_at_its_size_cap(filesystem: dict[str, Any]) -> 
     assert 0 < filesystem["fill_written"] <= cap
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the workspace volume has no size limit yet: an agent can fill the disk that "
-    "holds Docker's volumes (a per-agent quota is still to come)",
-)
 async def test_no_writable_place_in_the_container_can_fill_the_host_disk(
     agent: Confined, docker_engine: Any
 ) -> None:
@@ -175,6 +170,27 @@ async def test_no_writable_place_in_the_container_can_fill_the_host_disk(
     assert uncapped == {}, f"writable as large as the host disk ({host >> 20} MiB): " + ", ".join(
         f"{point} ({size >> 20} MiB)" for point, size in uncapped.items()
     )
+
+
+async def test_filling_the_workspace_stops_at_its_size_and_spares_the_host(
+    agent: Confined,
+) -> None:
+    workspaces = agent.sandbox.stack.runtime.workspaces
+    user = agent.container.labels[LABEL_USER]
+    image = workspaces.image(user)
+
+    report = await probes.probe(
+        agent.container, probes.DISK_FILL, "/workspace/hoard", str(8 * SMALL.workspace_mb)
+    )
+
+    assert report["write_failure"] == "ENOSPC"
+    assert report["written"] <= SMALL.workspace_mb << 20
+    assert report["files_failure"] == "ENOSPC"
+    # All the host disk gave is the image's blocks: no more than the workspace's size.
+    assert image.stat().st_blocks * 512 <= SMALL.workspace_mb << 20
+    # The agent serves on once the hoard is gone.
+    reply = await agent.sandbox.ask(user, "still there?")
+    assert reply.text
 
 
 def _capacity(path: str) -> int:

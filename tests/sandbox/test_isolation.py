@@ -13,7 +13,6 @@ import pytest_asyncio
 
 from gateway.bus import agent_stream
 from gateway.mesh import AGENT_GROUP, SOCKET_NAME
-from gateway.supervisor import volume_name
 from tests.sandbox import probes
 from tests.sandbox._stack import Sandbox, sandbox_stack
 from tests.services import RedisProcess
@@ -96,8 +95,12 @@ async def test_another_users_workspace_is_out_of_sight(pair: Pair) -> None:
 
     assert in_b["named"] == [f"/workspace/{marker}"]  # the search does find it where it is
     assert in_a["named"] == []
-    assert volume_name(pair.a) in in_a["mountinfo"]
+    workspaces = pair.sandbox.stack.runtime.workspaces
+    [workspace] = [
+        line for line in in_a["mountinfo"].splitlines() if line.split()[4] == "/workspace"
+    ]
+    assert " - ext4 /dev/loop" in workspace  # a filesystem of its own, not a host directory
     assert pair.b not in in_a["mountinfo"]
     mounts = {m["Destination"]: m for m in pair.container_a.attrs["Mounts"]}
-    assert mounts["/workspace"]["Name"] == volume_name(pair.a)
+    assert mounts["/workspace"]["Source"] == str(workspaces.mount_point(pair.a))
     assert pair.b not in str(pair.container_a.attrs["Mounts"])

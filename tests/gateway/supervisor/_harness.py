@@ -23,12 +23,12 @@ from gateway.settings import (
     MeshSettings,
     SupervisorSettings,
 )
-from gateway.supervisor import DockerRuntime, Supervisor, deployment_id
+from gateway.supervisor import DockerRuntime, Supervisor, Workspaces, deployment_id
 from tests.calls import model_calls, priced_model
 from tests.fakes.model_server import FakeModelServer, running_model_server
 
 BUS = BusSettings(claim_idle_ms=500, block_ms=50, max_deliveries=3)
-SMALL = AgentLimits(memory_mb=96, cpus=0.5, pids=64, tmpfs_mb=8)
+SMALL = AgentLimits(memory_mb=96, cpus=0.5, pids=64, tmpfs_mb=8, workspace_mb=16)
 
 
 @dataclass
@@ -115,7 +115,8 @@ async def agent_stack(
         ):
             mesh = Mesh(bus, calls.calls, MeshSettings(next_wait_s=1.0), Path(sockets))
             await mesh.warm()
-            runtime = DockerRuntime(docker, await deployment_id(client))
+            workspaces = Workspaces(Path(sockets) / "workspaces")
+            runtime = DockerRuntime(docker, await deployment_id(client), workspaces=workspaces)
             sup = Supervisor(client, bus, runtime, mesh, image, settings, clock=clock)
             stack = Stack(client, bus, mesh, runtime, sup, model, clock, Path(sockets))
             loop = asyncio.create_task(sup.run("test")) if run_loop else None
@@ -129,6 +130,10 @@ async def agent_stack(
                 for user in stack.users:
                     await runtime.remove(user)
                     await runtime.remove_workspace(user)
+                # Unmounted before the directory goes: its removal would empty them.
+                for user in workspaces.users():
+                    await runtime.remove(user)
+                    await workspaces.remove(user)
                 await mesh.aclose()
                 await client.aclose()
 

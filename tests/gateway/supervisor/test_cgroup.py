@@ -108,7 +108,12 @@ async def test_a_running_agent_is_measured_from_the_kernel_as_the_engine_measure
         (directory / "memory.current").write_text("5000\n")
         (directory / "memory.max").write_text("8000\n")
         (directory / "memory.stat").write_text("inactive_file 1000\n")
-    planted = DockerRuntime(docker_engine, stack.runtime.deployment, cgroups=tmp_path)
+    planted = DockerRuntime(
+        docker_engine,
+        stack.runtime.deployment,
+        workspaces=stack.runtime.workspaces,
+        cgroups=tmp_path,
+    )
     usage = await planted.usage(cid)
     assert usage is not None
     assert (usage.memory_bytes, usage.memory_limit_bytes) == (4000, 8000)
@@ -126,7 +131,12 @@ async def test_a_running_agent_is_measured_from_the_kernel_as_the_engine_measure
     assert usage.started_at == pytest.approx(engine_time(restarted["StartedAt"]))
 
     # Out of sight (another host's engine): the engine's stats call measures it.
-    remote = DockerRuntime(docker_engine, stack.runtime.deployment, proc=tmp_path / "no-proc")
+    remote = DockerRuntime(
+        docker_engine,
+        stack.runtime.deployment,
+        workspaces=stack.runtime.workspaces,
+        proc=tmp_path / "no-proc",
+    )
     usage = await remote.usage(cid)
     assert usage is not None and usage.memory_limit_bytes == 96 * 1024 * 1024
     assert usage.memory_bytes is not None and usage.memory_bytes > 0

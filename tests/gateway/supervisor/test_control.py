@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -187,18 +188,23 @@ async def test_kill_removes_the_container_and_the_next_message_starts_a_fresh_on
     await stack.wait_for_replies(2)
 
 
-async def test_reset_also_deletes_the_workspace_volume(stack: Stack, docker_engine: Any) -> None:
+async def test_reset_also_deletes_the_workspace(stack: Stack, docker_engine: Any) -> None:
     user = await stack.new_user()
     await stack.say(user, "hello")
     await running(docker_engine, user)
     await stack.wait_for_replies(1)
-    assert docker_engine.volumes.get(volume_name(user))
+    workspaces = stack.runtime.workspaces
+    assert os.path.ismount(workspaces.mount_point(user))
+    # A volume left from before workspaces were capped goes too.
+    docker_engine.volumes.create(volume_name(user))
 
     reset = control("reset", user, by=user)
     await send_control(stack.client, reset)
     reported = await notice_for(stack, reset)
     assert reported.text == "Your assistant's memory and files are deleted."
     assert container_id(docker_engine, user) is None
+    assert not os.path.ismount(workspaces.mount_point(user))
+    assert not workspaces.image(user).exists()
     with pytest.raises(docker.errors.NotFound):
         docker_engine.volumes.get(volume_name(user))
 

@@ -296,5 +296,7 @@ def test_the_security_option_is_the_compact_json_of_the_profile() -> None:
 
 
 def test_the_container_spec_carries_the_profile_and_no_new_privileges() -> None:
-    spec = container_spec("d", "u0123456789", "img", AgentLimits(), Path("/run/x"))
+    spec = container_spec(
+        "d", "u0123456789", "img", AgentLimits(), Path("/run/x"), "/ws/u0123456789"
+    )
     assert spec["security_opt"] == ["no-new-privileges:true", security_opt()]

@@ -4,6 +4,7 @@ restarted after a crash (telling the user once), stopped when idle, capped, and 
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 from gateway.bus import WAKE_STREAM
@@ -45,7 +46,9 @@ async def test_the_first_message_starts_a_hardened_container(
     assert attrs["Config"]["Labels"]["org.stockade.user"] == user
     mounts = {m["Destination"]: m for m in attrs["Mounts"]}
     assert set(mounts) == {"/workspace", "/run/stockade"}
-    assert mounts["/workspace"]["Type"] == "volume"
+    # The user's own fixed-size filesystem, mounted on the host: a bind of its mount point.
+    assert mounts["/workspace"]["Type"] == "bind" and mounts["/workspace"]["RW"]
+    assert mounts["/workspace"]["Source"] == str(stack.runtime.workspaces.mount_point(user))
     assert all("docker.sock" not in (m.get("Source") or "") for m in attrs["Mounts"])
     env = "\n".join(attrs["Config"]["Env"])
     assert "sk-canary-test" not in env
@@ -90,7 +93,7 @@ async def test_an_idle_agent_is_stopped_and_its_workspace_kept(
         while any(c.user_id == user for c in await stack.runtime.agents()):
             await stack.supervisor.reconcile()
             await asyncio.sleep(0.1)
-    assert docker_engine.volumes.get(f"stockade-ws-{user}")
+    assert os.path.ismount(stack.runtime.workspaces.mount_point(user))
     assert not stack.mesh.is_open(user)
 
 
@@ -165,11 +168,12 @@ async def test_containers_of_another_deployment_on_the_same_engine_are_left_alon
 ) -> None:
     from gateway.supervisor import DockerRuntime, container_spec
 
-    other = DockerRuntime(docker_engine, "another-deployment")
+    other = DockerRuntime(docker_engine, "another-deployment", workspaces=stack.runtime.workspaces)
     stranger = await stack.new_user()
     mesh_dir = tmp_path / "mesh"
     mesh_dir.mkdir()
-    spec = container_spec(other.deployment, stranger, agent_image, SMALL, mesh_dir)
+    workspace = await other.workspace(stranger, SMALL.workspace_mb)
+    spec = container_spec(other.deployment, stranger, agent_image, SMALL, mesh_dir, workspace)
     try:
         await other.start(stranger, spec)
         await stack.supervisor.reconcile()  # this deployment wants nobody
@@ -238,8 +242,7 @@ async def test_an_agent_made_from_older_settings_is_replaced_between_turns(
     after = inspect(docker_engine, user)
     assert after["Id"] != before["Id"]
     assert after["HostConfig"]["PidsLimit"] == SMALL.pids + 1
-    assert after["Mounts"] and {m["Name"] for m in after["Mounts"] if m["Type"] == "volume"} == {
-        m["Name"] for m in before["Mounts"] if m["Type"] == "volume"
-    }
+    workspace = {m["Source"] for m in after["Mounts"] if m["Destination"] == "/workspace"}
+    assert workspace == {m["Source"] for m in before["Mounts"] if m["Destination"] == "/workspace"}
     await newer.reconcile()
     assert inspect(docker_engine, user)["Id"] == after["Id"]  # replaced once
