@@ -78,6 +78,7 @@ memory_mb = 512      # swap is set equal: no swapping past the limit
 cpus = 1.0
 pids = 128
 tmpfs_mb = 64        # the noexec /tmp
+workspace_mb = 1024  # the workspace's own filesystem (needs root); 0 = an uncapped volume
 
 # Per-user limits, by internal user id (see /whoami):
 # [supervisor.overrides.u0123456789abcdef]

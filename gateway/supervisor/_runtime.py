@@ -191,6 +191,7 @@ class DockerRuntime:
             # A stopped container of an older image or spec is replaced, never reused.
             await self._call(existing.remove, force=True)
             self._started.pop(existing.id, None)
+        await self._move_volume(user_id, spec)
         container = await self._call(self._client.containers.create, **spec)
         await self._call(container.start)
         await self._call(container.reload)
@@ -314,16 +315,18 @@ class DockerRuntime:
                     user_id,
                 )
             return _spec.volume_name(user_id)
-        point, made = await self.workspaces.ensure(user_id, size_mb)
-        if made:
-            await self._move_volume(user_id, size_mb)
+        point, _ = await self.workspaces.ensure(user_id, size_mb)
         return str(point)
 
-    async def _move_volume(self, user_id: str, size_mb: int) -> None:
-        """Move what an uncapped volume of the user holds into their new workspace."""
+    async def _move_volume(self, user_id: str, spec: dict[str, Any]) -> None:
+        """Move what an uncapped volume of the user holds into the capped workspace the
+        spec mounts. Called with no container of the user's left: none writes meanwhile."""
+        if not Path(_spec.workspace_of(spec)).is_absolute():
+            return
         volume = await self._volume(user_id)
         if volume is None:
             return
+        size_mb = self.workspaces.image(user_id).stat().st_size >> 20
         source = Path(str(volume.attrs.get("Mountpoint") or ""))
         if not source.is_absolute() or not source.is_dir():
             raise DependencyError(
@@ -333,7 +336,8 @@ class DockerRuntime:
         try:
             await self.workspaces.fill(user_id, source)
         except DependencyError as exc:
-            # Nothing lost: the volume stays, and the next start tries again.
+            # Nothing lost: the volume stays, and the next start tries again (the
+            # workspace is made anew then, so nothing is copied twice).
             await self.workspaces.remove(user_id)
             raise DependencyError(
                 f"the files in the volume of {user_id} did not move into its {size_mb} MB "

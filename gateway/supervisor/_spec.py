@@ -108,6 +108,14 @@ def container_spec(
     return spec
 
 
+def workspace_of(spec: dict[str, Any]) -> str:
+    """What a spec mounts at `WORKSPACE`: a host path, or a volume name."""
+    for source, mount in spec["volumes"].items():
+        if mount["bind"] == WORKSPACE:
+            return str(source)
+    raise ValueError("the spec mounts no workspace")
+
+
 def spec_hash(spec: dict[str, Any]) -> str:
     """A short hash of a spec, its own label left out."""
     labels = {k: v for k, v in spec.get("labels", {}).items() if k != LABEL_SPEC}

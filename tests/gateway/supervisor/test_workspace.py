@@ -17,7 +17,16 @@ import pytest
 
 from gateway.errors import DependencyError
 from gateway.settings import AgentLimits
-from gateway.supervisor import AGENT_UID, DockerRuntime, Workspaces, volume_name
+from gateway.supervisor import (
+    AGENT_UID,
+    AgentContainer,
+    DockerRuntime,
+    Workspaces,
+    container_name,
+    container_spec,
+    volume_name,
+)
+from tests.gateway.supervisor._harness import SMALL
 
 USER = "u0123456789abcdef"
 OTHER = "ufedcba9876543210"
@@ -190,54 +199,73 @@ def test_the_size_is_zero_or_large_enough_for_a_filesystem() -> None:
 
 @pytest.fixture
 def runtime(workspaces: Workspaces, docker_engine: Any) -> Iterator[DockerRuntime]:
-    yield DockerRuntime(docker_engine, "test-workspaces", workspaces=workspaces)
+    made = DockerRuntime(docker_engine, "test-workspaces", workspaces=workspaces)
+    yield made
     for user in (USER, OTHER):
+        with contextlib.suppress(docker.errors.NotFound):
+            docker_engine.containers.get(container_name(user)).remove(force=True)
         with contextlib.suppress(docker.errors.NotFound):
             docker_engine.volumes.get(volume_name(user)).remove(force=True)
 
 
-def _volume_with(docker_engine: Any, user: str, files: dict[str, bytes]) -> Path:
-    volume = docker_engine.volumes.create(volume_name(user))
-    source = Path(volume.attrs["Mountpoint"])
-    for name, data in files.items():
-        (source / name).write_bytes(data)
-        os.chown(source / name, AGENT_UID, AGENT_UID)
-    return source
+async def _start(
+    runtime: DockerRuntime, image: str, tmp_path: Path, user: str, size_mb: int
+) -> AgentContainer:
+    """Start the user's agent container as the supervisor would, on a workspace of `size_mb`."""
+    mesh_dir = tmp_path / "mesh"
+    mesh_dir.mkdir(exist_ok=True)
+    workspace = await runtime.workspace(user, size_mb)
+    limits = SMALL.model_copy(update={"workspace_mb": size_mb})
+    spec = container_spec(runtime.deployment, user, image, limits, mesh_dir, workspace)
+    return await runtime.start(user, spec)
 
 
-async def test_an_uncapped_volume_moves_into_a_new_workspace(
-    runtime: DockerRuntime, docker_engine: Any
+async def _in_workspace(docker_engine: Any, user: str, command: str) -> str:
+    container = docker_engine.containers.get(container_name(user))
+    code, out = await asyncio.to_thread(
+        container.exec_run, ["sh", "-c", command], user=f"{AGENT_UID}:{AGENT_UID}"
+    )
+    assert code == 0, out
+    return str(out.decode())
+
+
+async def test_an_agent_on_an_uncapped_volume_finds_its_files_in_its_capped_workspace(
+    runtime: DockerRuntime, docker_engine: Any, agent_image: str, tmp_path: Path
 ) -> None:
-    _volume_with(docker_engine, USER, {"memory.json": b'{"turns": 3}'})
+    # As before workspaces had a size: a Docker volume the agent has written to.
+    await _start(runtime, agent_image, tmp_path, USER, 0)
+    await _in_workspace(docker_engine, USER, "mkdir -p .stockade && echo 3 > .stockade/turns")
 
-    point = Path(await runtime.workspace(USER, 16))
+    await _start(runtime, agent_image, tmp_path, USER, 16)  # replaces the container
 
-    assert (point / "memory.json").read_bytes() == b'{"turns": 3}'
-    assert (point / "memory.json").stat().st_uid == AGENT_UID
+    assert await _in_workspace(docker_engine, USER, "cat .stockade/turns; df -k .") != ""
+    moved = runtime.workspaces.mount_point(USER) / ".stockade" / "turns"
+    assert moved.read_text() == "3\n" and moved.stat().st_uid == AGENT_UID
     assert volume_name(USER) not in {v.name for v in docker_engine.volumes.list()}
 
 
 async def test_a_volume_too_large_for_the_workspace_stays_and_the_error_says_what_to_raise(
-    runtime: DockerRuntime, docker_engine: Any
+    runtime: DockerRuntime, docker_engine: Any, agent_image: str, tmp_path: Path
 ) -> None:
-    _volume_with(docker_engine, USER, {"big": os.urandom(20 << 20)})
+    await _start(runtime, agent_image, tmp_path, USER, 0)
+    await _in_workspace(docker_engine, USER, "head -c 20971520 /dev/urandom > big")
 
     with pytest.raises(DependencyError, match=r"16 MB workspace .* raise workspace_mb"):
-        await runtime.workspace(USER, 16)
+        await _start(runtime, agent_image, tmp_path, USER, 16)
 
     assert docker_engine.volumes.get(volume_name(USER))
     assert runtime.workspaces.users() == []
-    point = Path(await runtime.workspace(USER, 64))  # raised: it moves
-    assert (point / "big").stat().st_size == 20 << 20
+    await _start(runtime, agent_image, tmp_path, USER, 64)  # raised: it moves
+    assert await _in_workspace(docker_engine, USER, "wc -c < big") == "20971520\n"
 
 
 async def test_zero_is_an_uncapped_volume_and_reset_removes_both_kinds(
     runtime: DockerRuntime, docker_engine: Any
 ) -> None:
     assert await runtime.workspace(USER, 0) == volume_name(USER)
-    _volume_with(docker_engine, USER, {})
+    docker_engine.volumes.create(volume_name(USER))
     await runtime.workspace(OTHER, 16)
-    _volume_with(docker_engine, OTHER, {})  # made later beside it: reset takes both
+    docker_engine.volumes.create(volume_name(OTHER))  # made later beside it: reset takes both
 
     await runtime.remove_workspace(USER)
     await runtime.remove_workspace(OTHER)
