@@ -204,8 +204,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     from gateway import app
 
     if args.command == "up":
+        from gateway.vault import resolve_channel_credentials
+
         _configure_logging(args.verbose)
-        _serve(app.serve(app.up(settings)))
+        # Read before Redis, Docker and the agent image start: a credential the vault
+        # cannot give stops `up` at once, with its one line, not from inside a task group.
+        _serve(app.serve(app.up(resolve_channel_credentials(settings))))
     elif args.command == "run":
         _configure_logging(args.verbose)
         _serve(app.serve(app.run_role(settings, args.role)))

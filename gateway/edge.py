@@ -1,9 +1,10 @@
 """The channels role: every enabled platform adapter in this process, with what they share.
 
-Builds one `ChannelContext` (blob store, media policy, delivery receipts, the shared
-webhook server when a channel takes webhooks, the command menu) and runs each
-adapter with `run_channel` until cancelled. One adapter failing to start stops the
-role with its error: a half-started gateway would silently drop a platform.
+Reads the credentials written "vault:NAME" from the vault first, builds one
+`ChannelContext` (blob store, media policy, delivery receipts, the shared webhook
+server when a channel takes webhooks, the command menu) and runs each adapter with
+`run_channel` until cancelled. One adapter failing to start stops the role with its
+error: a half-started gateway would silently drop a platform.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from gateway.bus import Blobs, Bus, Deliveries, typing_cues
 from gateway.commands import Registry
 from gateway.heartbeat import stopped_consumers
 from gateway.settings import ChannelsSettings, Settings
+from gateway.vault import resolve_channel_credentials
 
 log = logging.getLogger("stockade.channels")
 
@@ -84,6 +86,15 @@ async def run_channels(
     if not names:
         log.info("no platform channel is enabled; talk to Stockade with `stockade chat`")
         return
+    plain = settings.plain_credentials_in_file()
+    if plain:
+        log.warning(
+            "%s written out in the settings file; keep credentials in the vault "
+            '(`stockade vault set NAME`, then KEY = "vault:NAME") or in the environment',
+            ", ".join(plain),
+        )
+    # Before any adapter is built: a credential the vault cannot give stops the role here.
+    settings = resolve_channel_credentials(settings)
     # Takes over the replies a stopped channels process was sending.
     bus = Bus(client, settings.bus, gone=stopped_consumers(client))
     ingress = settings.channels.ingress

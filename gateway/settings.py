@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
@@ -19,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -30,7 +32,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, VaultError
 
 ENV_PREFIX: Final = "STOCKADE_"
 ENV_NESTED: Final = "__"
@@ -255,14 +257,38 @@ WebhookPath = Annotated[str, AfterValidator(_path)]
 ApiBase = Annotated[str, AfterValidator(_api_base)]
 _TELEGRAM_SECRET = re.compile(r"[A-Za-z0-9_-]{16,256}")
 
+VAULT_PREFIX: Final = "vault:"
+"""A channel credential written "vault:NAME" is the vault entry NAME, read when the
+channels start; any other value is the credential itself."""
+
+
+def is_vault_reference(value: SecretStr | None) -> bool:
+    return value is not None and value.get_secret_value().startswith(VAULT_PREFIX)
+
+
+def _credential(value: SecretStr) -> SecretStr:
+    if is_vault_reference(value):
+        # gateway.vault imports this module, so its name rule is imported here, when used.
+        from gateway.vault import entry_name
+
+        try:
+            entry_name(value.get_secret_value())
+        except VaultError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+Credential = Annotated[SecretStr, AfterValidator(_credential)]
+"""A platform token or password: the value itself, or "vault:NAME" (a valid entry name)."""
+
 
 class TelegramSettings(_Part):
     enabled: bool = False
-    token: SecretStr | None = None
+    token: Credential | None = None
     mode: Literal["polling", "webhook"] = "polling"
     webhook_path: WebhookPath = "/telegram"
     """Where the shared webhook server takes Telegram's updates (mode = "webhook")."""
-    secret_token: SecretStr | None = None
+    secret_token: Credential | None = None
     """Telegram sends it back in X-Telegram-Bot-Api-Secret-Token; 16–256 of [A-Za-z0-9_-]."""
     api_base: ApiBase = "https://api.telegram.org"
     poll_timeout_s: int = Field(default=30, ge=0, le=50)
@@ -275,8 +301,11 @@ class TelegramSettings(_Part):
             raise ValueError("token: required when enabled = true")
         if self.enabled and self.mode == "webhook" and self.secret_token is None:
             raise ValueError('secret_token: required when mode = "webhook"')
-        if self.secret_token is not None and not _TELEGRAM_SECRET.fullmatch(
-            self.secret_token.get_secret_value()
+        # A vault reference is checked by this rule once the channels role has read it.
+        if (
+            self.secret_token is not None
+            and not is_vault_reference(self.secret_token)
+            and not _TELEGRAM_SECRET.fullmatch(self.secret_token.get_secret_value())
         ):
             raise ValueError("secret_token: 16 to 256 characters of A-Z, a-z, 0-9, _ and -")
         return self
@@ -297,7 +326,7 @@ GatewayUrl = Annotated[str, AfterValidator(_gateway_url)]
 
 class DiscordSettings(_Part):
     enabled: bool = False
-    token: SecretStr | None = None
+    token: Credential | None = None
     api_base: ApiBase = "https://discord.com/api/v10"
     gateway_url: GatewayUrl = "wss://gateway.discord.gg/"
     command_guilds: tuple[int, ...] = ()
@@ -314,9 +343,9 @@ class DiscordSettings(_Part):
 class SlackSettings(_Part):
     enabled: bool = False
     mode: Literal["socket", "http"] = "socket"
-    bot_token: SecretStr | None = None
-    app_token: SecretStr | None = None
-    signing_secret: SecretStr | None = None
+    bot_token: Credential | None = None
+    app_token: Credential | None = None
+    signing_secret: Credential | None = None
     webhook_path: WebhookPath = "/slack/events"
     """Events, slash commands and interactivity all come here (mode = "http")."""
     api_base: ApiBase = "https://slack.com/api/"
@@ -340,8 +369,8 @@ class MatrixSettings(_Part):
     enabled: bool = False
     homeserver: str = ""
     user_id: str = ""
-    access_token: SecretStr | None = None
-    password: SecretStr | None = None
+    access_token: Credential | None = None
+    password: Credential | None = None
     device_id: str = ""
     """Kept across restarts so the bot stays one device (needed for encryption)."""
     allowed_inviters: tuple[str, ...] = ()
@@ -365,7 +394,7 @@ class MatrixSettings(_Part):
 class WhatsAppSettings(_Part):
     enabled: bool = False
     account_sid: str = ""
-    auth_token: SecretStr | None = None
+    auth_token: Credential | None = None
     from_number: str = ""
     """The sender, e.g. "whatsapp:+14155238886"."""
     webhook_path: WebhookPath = "/twilio/whatsapp"
@@ -466,6 +495,16 @@ class ChannelsSettings(_Part):
         return self
 
 
+CHANNEL_CREDENTIALS: Final[Mapping[str, tuple[str, ...]]] = {
+    "telegram": ("token", "secret_token"),
+    "discord": ("token",),
+    "slack": ("bot_token", "app_token", "signing_secret"),
+    "matrix": ("access_token", "password"),
+    "whatsapp": ("auth_token",),
+}
+"""The credential fields of each platform's settings; any of them may be "vault:NAME"."""
+
+
 DmPolicy = Literal["allowlist", "pairing", "open", "disabled"]
 GroupPolicy = Literal["mention", "open", "disabled"]
 
@@ -561,6 +600,7 @@ class Settings(BaseSettings):
     budget: BudgetSettings = BudgetSettings()
     channels: ChannelsSettings = ChannelsSettings()
     access: AccessSettings = AccessSettings()
+    _plain_in_file: tuple[str, ...] = PrivateAttr(default=())
 
     @field_validator("data_dir")
     @classmethod
@@ -594,6 +634,10 @@ class Settings(BaseSettings):
 
     def ledger_dir(self) -> Path:
         return self.budget.ledger_dir or self.data_dir / "ledger"
+
+    def plain_credentials_in_file(self) -> tuple[str, ...]:
+        """Keys of the channel credentials `load()` found written out in the settings file."""
+        return self._plain_in_file
 
     @classmethod
     def settings_customise_sources(
@@ -686,12 +730,29 @@ def _check_environment() -> None:
             model = annotation
 
 
+def _plain_credentials(data: Mapping[str, Any]) -> tuple[str, ...]:
+    """Keys of the channel credentials `data` (a settings file) holds as values, not references."""
+    channels = data.get("channels")
+    found: list[str] = []
+    for platform, fields in CHANNEL_CREDENTIALS.items():
+        part = channels.get(platform) if isinstance(channels, dict) else None
+        if not isinstance(part, dict):
+            continue
+        for field in fields:
+            value = part.get(field)
+            if isinstance(value, str) and value and not value.startswith(VAULT_PREFIX):
+                found.append(f"channels.{platform}.{field}")
+    return tuple(found)
+
+
 def load(path: Path | None = None) -> Settings:
     """Read the configuration file (if any) and the environment; raise `ConfigError`."""
     file = _find_file(path)
     data = _read_toml(file) if file is not None else {}
     _check_environment()
     try:
-        return Settings(**data)
+        settings = Settings(**data)
     except ValidationError as exc:
         raise _explain(exc, file, data) from None
+    settings._plain_in_file = _plain_credentials(data)
+    return settings

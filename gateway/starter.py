@@ -10,7 +10,9 @@ STARTER: Final = """\
 # Stockade settings. Every key is optional; the values shown are the defaults.
 # Any key can be overridden from the environment: STOCKADE_<SECTION>__<KEY>,
 # e.g. STOCKADE_REDIS__URL or STOCKADE_CHANNELS__TELEGRAM__ENABLED=true.
-# Secrets belong in the environment or the vault, not in this file.
+# Secrets belong in the environment or the vault, not in this file. A channel
+# credential may be written here as a vault reference: token = "vault:telegram-token"
+# after `stockade vault set telegram-token`.
 
 # Where Stockade keeps its state (the private Redis, later agent data).
 # data_dir = "~/.local/share/stockade"

@@ -1,7 +1,8 @@
 """PTB's errors as ours, and the bot token kept out of every log line and error text.
 
 The token is part of every API and file URL, which the HTTP and PTB loggers log, and
-PTB quotes it in `InvalidToken`; both go through here before anyone reads them.
+PTB quotes it in `InvalidToken`; both go through here before anyone reads them. PTB
+also logs the webhook's secret token among setWebhook's parameters, at DEBUG.
 """
 
 from __future__ import annotations
@@ -24,24 +25,26 @@ URL_LOGGERS: Final = ("httpx", "telegram.Bot", "telegram.request.BaseRequest")
 
 @dataclasses.dataclass(frozen=True)
 class Redact(logging.Filter):
-    """Replaces the token in records of the HTTP and PTB loggers, which log request URLs.
+    """Replaces a secret in records of the HTTP and PTB loggers, which log request URLs
+    and parameters.
 
     The message is rendered here, once: PTB logs a reply dict it later rewrites to
     hold the file URL, which a handler formatting afterwards would show. Equal for
-    equal tokens, so a logger never gets the same one twice.
+    equal secrets, so a logger never gets the same one twice.
     """
 
     secret: str
+    mask: str = "<token>"
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = record.getMessage().replace(self.secret, "<token>"), ()
+        record.msg, record.args = record.getMessage().replace(self.secret, self.mask), ()
         return True
 
 
-def redact_url_loggers(token: str) -> None:
-    """Adds the token's `Redact` filter to every logger that logs request URLs."""
+def redact_url_loggers(secret: str, mask: str = "<token>") -> None:
+    """Adds the secret's `Redact` filter to every logger that logs request URLs."""
     for name in URL_LOGGERS:
-        logging.getLogger(name).addFilter(Redact(token))
+        logging.getLogger(name).addFilter(Redact(secret, mask))
 
 
 def seconds(value: object) -> float:

@@ -62,6 +62,8 @@ class TelegramChannel:
         self._context = context
         self._token = token
         redact_url_loggers(token)  # before the Bot, which logs its URL when made
+        if settings.secret_token is not None:
+            redact_url_loggers(settings.secret_token.get_secret_value(), "<secret_token>")
         api_base = settings.api_base.rstrip("/")
         self._file_prefix = f"{api_base}/file/bot"
         self._poller = AiohttpRequest()

@@ -9,6 +9,7 @@ from gateway.errors import VaultError
 
 NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 """Names appear in settings (`models.*.secret`), file keys and command lines: keep them plain."""
+NAME_RULE: Final = "1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit"
 
 MAX_VALUE_BYTES: Final = 16 * 1024
 """Provider keys are under 1 KiB; 16 KiB leaves room for a PEM key or a small JSON credential."""
@@ -21,10 +22,7 @@ def check_name(name: str) -> str:
     key fails the length rule) must not be echoed back to the terminal or a log.
     """
     if NAME_PATTERN.fullmatch(name) is None:
-        raise VaultError(
-            "invalid secret name: use 1 to 64 letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit"
-        )
+        raise VaultError(f"invalid secret name: use {NAME_RULE}")
     return name
 
 
