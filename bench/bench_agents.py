@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_agents.py [--users N] [--turns T] [--idle I]
                                            [--only cold|warm|idle] [--model M]
+                                           [--workspace-mb MB]
 
 Each phase assembles the real pieces, as `stockade up` does: a private redis-server
 (append-only file on), the Bus, the Mesh after `Mesh.warm()`, the Supervisor with a
@@ -28,8 +29,9 @@ out stream (read with XREAD BLOCK).
 
 Each phase also prints the gateway's event-loop lag and any warning it logged.
 
-Every container and workspace volume it made is removed at the end, also on failure or
-Ctrl-C. Exits 1 when a target is missed.
+Every container and workspace it made is removed at the end, also on failure or Ctrl-C.
+Workspaces are capped as by default (an ext4 image each, made at the first start: its
+cost is in "wake to create"). Exits 1 when a target is missed.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from gateway.errors import DependencyError, RedisUnavailable
 from gateway.mesh import Mesh
 from gateway.policy import Identities
 from gateway.settings import (
+    AgentLimits,
     BusSettings,
     DockerSettings,
     ImageSettings,
@@ -87,6 +90,7 @@ from tests.calls import model_calls, priced_model
 from tests.fakes.model_server import running_model_server
 
 TARGET_COLD_S: Final = 1.0
+DEFAULT_WORKSPACE_MB: Final = AgentLimits().workspace_mb
 TARGET_WARM_MS: Final = 20.0
 TARGET_IDLE_MB: Final = 25.0
 
@@ -383,7 +387,9 @@ class Pipeline:
 
 
 @contextlib.asynccontextmanager
-async def pipeline(image: str, max_running: int, model_name: str) -> AsyncIterator[Pipeline]:
+async def pipeline(
+    image: str, max_running: int, model_name: str, workspace_mb: int = DEFAULT_WORKSPACE_MB
+) -> AsyncIterator[Pipeline]:
     marks = Marks()
     names: dict[str, str] = {}
     real_docker = await asyncio.to_thread(docker_client, DockerSettings())
@@ -419,7 +425,9 @@ async def pipeline(image: str, max_running: int, model_name: str) -> AsyncIterat
                 runtime,
                 mesh,
                 image,
-                SupervisorSettings(max_running=max_running),
+                SupervisorSettings(
+                    max_running=max_running, limits=AgentLimits(workspace_mb=workspace_mb)
+                ),
             )
             tasks: list[asyncio.Task[None]] = []
             try:
@@ -461,9 +469,9 @@ def ms(seconds: float) -> str:
     return "?" if math.isnan(seconds) else f"{seconds * 1000:.0f}"
 
 
-async def cold(image: str, users: int, model: str) -> list[Figure]:
-    print(f"cold: {users} new users, one after another")
-    async with pipeline(image, max_running=users + 5, model_name=model) as p:
+async def cold(image: str, users: int, model: str, workspace_mb: int) -> list[Figure]:
+    print(f"cold: {users} new users, one after another, workspaces of {workspace_mb} MB")
+    async with pipeline(image, users + 5, model, workspace_mb) as p:
         rows: list[dict[str, float]] = []
         for i in range(users):
             user = await p.new_user()
@@ -504,7 +512,8 @@ async def cold(image: str, users: int, model: str) -> list[Figure]:
         print(f"  {p.health()}")
     return [
         Figure(
-            f"cold start, new user -> reply (N={users})",
+            f"cold start, new user -> reply (N={users})"
+            + ("" if workspace_mb else ", uncapped workspaces"),
             f"median {median:.3f} s, p90 {cut(totals, 90):.3f} s, max {max(totals):.3f} s "
             f"(first user {totals[0]:.3f} s)",
             f"median < {TARGET_COLD_S:.1f} s",
@@ -791,7 +800,7 @@ async def measure(options: argparse.Namespace) -> tuple[list[Figure], dict[str, 
         "engine": f"Docker engine {engine.get('Version', '?')} ({engine.get('Os', '?')})",
     }
     phases: dict[str, Callable[[], Any]] = {
-        "cold": lambda: cold(image, options.users, options.model),
+        "cold": lambda: cold(image, options.users, options.model, options.workspace_mb),
         "warm": lambda: warm(image, options.turns, options.model),
         "idle": lambda: idle(image, options.idle, options.model),
     }
@@ -837,6 +846,12 @@ if __name__ == "__main__":
     parser.add_argument("--turns", type=int, default=200, help="warm turns")
     parser.add_argument("--idle", type=int, default=100, metavar="N", help="idle agents")
     parser.add_argument("--only", choices=("cold", "warm", "idle"))
+    parser.add_argument(
+        "--workspace-mb",
+        type=int,
+        default=DEFAULT_WORKSPACE_MB,
+        help="workspace size for the cold start (0: uncapped Docker volumes)",
+    )
     parser.add_argument(
         "--model", default="hosted_vllm/fake", help="the LiteLLM model string for the fake"
     )
