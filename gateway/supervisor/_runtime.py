@@ -94,7 +94,12 @@ class Runtime(Protocol):
         """What a running container uses now; None when it is gone."""
         ...
 
-    async def start(self, user_id: str, spec: dict[str, Any]) -> AgentContainer: ...
+    async def start(self, user_id: str, spec: dict[str, Any]) -> AgentContainer:
+        """Replace any container of the user's with one made from `spec`, and start it.
+
+        Files of an uncapped volume of the user's move into the capped workspace the
+        spec mounts first, once the old container is gone."""
+        ...
 
     async def stop(self, user_id: str, timeout_s: float = 5.0) -> None: ...
 

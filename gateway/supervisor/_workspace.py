@@ -65,6 +65,8 @@ class Workspaces:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        # Kept for good: one small lock per user this host ever served; dropping one
+        # that a caller still waits on would let two callers in at once.
         self._locks: dict[str, asyncio.Lock] = {}
 
     def image(self, user_id: str) -> Path:
@@ -111,10 +113,12 @@ class Workspaces:
             if made:
                 await self._make(user_id, image, size_mb)
             point.mkdir(mode=0o755, exist_ok=True)
-            if self._sized(user_id, image, size_mb) and os.path.ismount(point):
+            grow = self._sized(user_id, image, size_mb)
+            if grow and os.path.ismount(point):
                 await self._grow_mounted(user_id, image, point, size_mb)
+                grow = not os.path.ismount(point)  # unmounted for an offline grow
             if not os.path.ismount(point):
-                if self._sized(user_id, image, size_mb):
+                if grow:
                     await self._grow(user_id, image, size_mb)
                 await _run(
                     user_id, "mount", "-t", "ext4", "-o", MOUNT_OPTIONS, str(image), str(point)
@@ -197,7 +201,6 @@ class Workspaces:
             with contextlib.suppress(FileNotFoundError):
                 point.rmdir()
             self.image(user_id).unlink(missing_ok=True)
-        self._locks.pop(user_id, None)
 
 
 async def _run(user_id: str, *argv: str, ok: tuple[int, ...] = (0,)) -> str:
