@@ -10,8 +10,8 @@ message and makes no model call, and `cancel_turn` ends the turn in progress
 (its model calls are cut off, its messages answered "Stopped.").
 
 The door composes its parts: the open turns (`_turns`), their typing cues
-(`_typing`) and the chat endpoint (`_chat`); the error middleware and request
-bodies are in `_http`.
+(`_typing`), the chat endpoint (`_chat`) and the reply and file endpoints
+(`_replies`); the error middleware and request bodies are in `_http`.
 """
 
 from __future__ import annotations
@@ -32,16 +32,12 @@ from gateway.errors import RedisUnavailable, StaleDelivery
 from gateway.mesh._calls import ModelCalls
 from gateway.mesh._chat import Chat
 from gateway.mesh._controls import STOPPED_TEXT
-from gateway.mesh._http import USER, errors, gone, read_body
+from gateway.mesh._http import USER, errors, gone
 from gateway.mesh._protocol import (
-    Rejected,
     next_body,
-    no_such_file,
-    parse_file_id,
-    parse_reply,
     parse_wait,
-    reply_text,
 )
+from gateway.mesh._replies import Replies
 from gateway.mesh._turns import OpenTurns
 from gateway.mesh._typing import Typing
 from gateway.settings import MeshSettings
@@ -78,13 +74,14 @@ class Door:
         self.user_id = user_id
         self.path = path
         self._bus = bus
-        self._blobs = Blobs(redis) if redis is not None else None
         self._calls = calls
         self._settings = settings
         self._stream = agent_stream(user_id)
         self._turns = OpenTurns()
         self._typing = Typing(user_id, redis, settings.typing_after_s, self._turns)
         self._chat = Chat(user_id, calls, bus, self._turns, settings.max_request_bytes, redis)
+        blobs = Blobs(redis) if redis is not None else None
+        self._replies = Replies(user_id, bus, self._turns, settings, blobs)
         self._next_lock = asyncio.Lock()
         self._runner: web.AppRunner | None = None
         self._polls: set[asyncio.Task[Any]] = set()
@@ -95,8 +92,8 @@ class Door:
         )
         app[USER] = self.user_id
         app.router.add_get("/v1/next", self._next)
-        app.router.add_get("/v1/files/{blob}", self._file)
-        app.router.add_post("/v1/reply", self._reply)
+        app.router.add_get("/v1/files/{blob}", self._replies.file)
+        app.router.add_post("/v1/reply", self._replies.reply)
         app.router.add_post("/v1/chat/completions", self._chat.handle)
         return app
 
@@ -252,67 +249,3 @@ class Door:
         message_id = self._turns.remember(delivery, inbound)
         self._typing.announce(message_id, inbound)
         return web.json_response(next_body(message_id, inbound))
-
-    # -- GET /v1/files/{blob} ----------------------------------------------------------
-
-    async def _file(self, request: web.Request) -> web.Response:
-        try:
-            blob = parse_file_id(request.match_info["blob"])
-        except Rejected:
-            log.warning("%s asked for a file by a malformed id", self.user_id)
-            raise
-        if not self._turns.holds(blob):
-            log.warning(
-                "%s asked for file %s..., which no open message of theirs holds",
-                self.user_id,
-                blob[:12],
-            )
-            raise no_such_file()
-        if self._blobs is None:
-            raise Rejected(503, "unavailable", "this mesh keeps no files")
-        data = await self._blobs.get(blob)
-        if data is None:
-            log.info("file %s... of %s expired before it was fetched", blob[:12], self.user_id)
-            raise Rejected(410, "gone", "the file expired before it was fetched")
-        log.info("file %s... (%d bytes) to %s", blob[:12], len(data), self.user_id)
-        return web.Response(body=data, content_type="application/octet-stream")
-
-    # -- POST /v1/reply ----------------------------------------------------------------
-
-    async def _reply(self, request: web.Request) -> web.Response:
-        request_body = parse_reply(await read_body(request, self._settings.max_request_bytes))
-        turn = self._turns.get(request_body.message_id)
-        if turn is None:
-            raise Rejected(404, "unknown_message", "no open message has this id")
-        text = reply_text(request_body.text, self._settings.max_reply_chars)
-        stream = out_stream(turn.inbound.channel)
-        sent = bool(text.strip())
-        if request_body.final:
-            self._turns.pop(request_body.message_id)
-            try:
-                if sent:
-                    envelope = reply(turn.inbound, text, "final", self.user_id)
-                    # The reply and the ack in one step: the turn is done exactly once.
-                    await self._bus.forward(turn.delivery, stream, envelope)
-                else:
-                    await self._bus.ack(turn.delivery)
-            except StaleDelivery:
-                raise Rejected(
-                    404, "unknown_message", "this message was already finished"
-                ) from None
-            except BaseException:
-                self._turns.restore(request_body.message_id, turn)
-                raise
-        elif sent:
-            turn.replies += 1
-            envelope = reply(turn.inbound, text, f"r{turn.replies}", self.user_id)
-            await self._bus.publish(stream, envelope, dedupe=envelope.outbound_id)
-        log.info(
-            "reply from %s to %s (final=%s, sent=%s, %d chars)",
-            self.user_id,
-            request_body.message_id,
-            request_body.final,
-            sent,
-            len(text),
-        )
-        return web.json_response({"ok": True, "sent": sent})
