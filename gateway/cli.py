@@ -322,6 +322,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_DEPENDENCY
     except KeyboardInterrupt:
         return 130
+    except BaseExceptionGroup as group:
+        # `up` runs its roles in one task group: a role that cannot start (a platform
+        # refusing its token) ends them all, and its error arrives wrapped.
+        errors = _own_errors(group)
+        if not errors:
+            raise
+        for text in dict.fromkeys(str(error) for error in errors):
+            print(f"stockade: {text}", file=sys.stderr)
+        if any(isinstance(error, ConfigError) for error in errors):
+            return EXIT_CONFIG
+        return EXIT_DEPENDENCY
+
+
+def _own_errors(group: BaseExceptionGroup[BaseException]) -> list[StockadeError]:
+    """Every error in `group` when all are Stockade's own; empty when any other is
+    among them (a bug, whose traceback is wanted)."""
+    found: list[StockadeError] = []
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            inner = _own_errors(error)
+            if not inner:
+                return []
+            found += inner
+        elif isinstance(error, StockadeError):
+            found.append(error)
+        else:
+            return []
+    return found
 
 
 if __name__ == "__main__":

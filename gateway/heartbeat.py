@@ -15,6 +15,8 @@ from typing import Final
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from gateway._aio import raise_if_cancelling
+
 ALIVE_KEY: Final = "stockade:alive"
 BEAT_S: Final = 5.0
 STALE_S: Final = 3 * BEAT_S
@@ -29,6 +31,7 @@ async def beat_forever(client: aioredis.Redis, role: str, consumer: str) -> None
     field = f"{role}:{consumer}"
     try:
         while True:
+            raise_if_cancelling()
             try:
                 await client.hset(ALIVE_KEY, field, repr(time.time()))
             except (RedisError, OSError) as exc:

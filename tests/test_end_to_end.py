@@ -383,6 +383,41 @@ async def test_a_telegram_photo_reaches_the_agents_workspace_and_the_answer_goes
             assert telegram.token not in b"".join(gateway.log).decode(errors="replace")
 
 
+async def test_up_stops_with_one_line_when_a_platform_refuses_its_token(
+    agent_image: str,
+) -> None:
+    """A role that cannot start ends `up`: its error, not a task group's traceback."""
+    refused = "987654321:AARefusedTokenCanary_0123456789abcd"
+    async with running_telegram() as telegram, running_model_server() as model:
+        with tempfile.TemporaryDirectory(prefix="stk-e2e-", dir="/tmp") as tmp:
+            data_dir = Path(tmp)
+            env = environment(data_dir, model.url) | {
+                "STOCKADE_CHANNELS__TELEGRAM__ENABLED": "true",
+                "STOCKADE_CHANNELS__TELEGRAM__TOKEN": refused,
+                "STOCKADE_CHANNELS__TELEGRAM__API_BASE": telegram.api_base,
+            }
+            await vault_set(env, "provider", CANARY_KEY)
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway.cli", "up", env=env,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            try:
+                async with asyncio.timeout(120):
+                    _, err = await proc.communicate()
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+                kill_leftovers(data_dir)
+                remove_agents("", data_dir)
+    text = err.decode(errors="replace")
+    assert proc.returncode == 1, text
+    assert text.splitlines()[-1].startswith("stockade: telegram: "), text
+    assert "rejected by the server" in text.splitlines()[-1]
+    assert "Traceback" not in text and "ExceptionGroup" not in text
+    assert refused.split(":")[1] not in text
+
+
 async def _sent_to(telegram: Any, chat_id: int, count: int) -> list[str]:
     """The texts sent to `chat_id`, once there are at least `count`."""
     async with asyncio.timeout(60):

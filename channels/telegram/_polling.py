@@ -30,12 +30,18 @@ log = logging.getLogger("stockade.channels.telegram")
 
 
 async def until_done(step: Callable[[], Awaitable[T]], what: str) -> T:
-    """`step()` until it succeeds: Telegram unreachable at start is waited out."""
+    """`step()` until it succeeds: Telegram unreachable at start is waited out.
+
+    A refusal (a rejected token, a bad request) is raised: waiting would not change
+    Telegram's answer, and the role stops with it rather than serve without Telegram.
+    """
     backoff, failed = BACKOFF_MIN_S, False
     while True:
         try:
             result = await step()
         except PlatformError as exc:
+            if not exc.retryable:
+                raise
             if not failed:
                 log.warning("telegram: %s failed (%s); retrying until it works", what, exc)
                 failed = True

@@ -100,9 +100,9 @@ class TelegramChannel:
             return self._identity
 
     async def receive(self, publish: Publish) -> None:
-        identity = await until_done(self._ready, "getMe")
-        await self._set_menus()
         try:
+            identity = await until_done(self._ready, "getMe")
+            await self._set_menus()
             async with aiohttp.ClientSession() as session:
                 admit = functools.partial(self._admit, publish, session, identity)
                 if self._settings.mode == "webhook":

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from gateway._aio import raise_if_cancelling
 from gateway.bus._keys import PREFIX
 from gateway.bus._streams import _redis_errors
 
@@ -63,6 +64,7 @@ async def typing_cues(client: aioredis.Redis, channel: str) -> AsyncIterator[Typ
         with _redis_errors:
             await pubsub.subscribe(typing_channel(channel))
         while True:
+            raise_if_cancelling()
             with _redis_errors:
                 message = await pubsub.get_message(timeout=1.0)
             if message is None or message.get("type") != "message":

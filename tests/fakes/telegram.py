@@ -246,6 +246,8 @@ class FakeTelegram:
     """The menu of one chat (scope "chat"), by chat id."""
     unknown_chats: set[str] = field(default_factory=set)
     """Chat ids Telegram answers "chat not found" for, as for a user who never wrote."""
+    outage_calls: int = 0
+    """This many API calls from now are answered 502, as in a Telegram outage."""
     webhook_url: str = ""
     webhook_secret: str = ""
     webhook_statuses: list[int] = field(default_factory=list)
@@ -378,6 +380,9 @@ class FakeTelegram:
     # -- the Bot API ------------------------------------------------------------------
 
     async def _api(self, request: web.Request) -> web.Response:
+        if self.outage_calls > 0:
+            self.outage_calls -= 1
+            return _error(502, "Bad Gateway")
         if request.match_info["token"] != self.token:
             return _error(401, "Unauthorized")
         method = request.match_info["method"]

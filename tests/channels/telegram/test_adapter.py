@@ -309,6 +309,32 @@ async def test_a_refused_send_is_a_platform_error_without_the_token(
     assert not isinstance(caught.value, RateLimited)
 
 
+async def test_a_rejected_token_stops_the_channel_at_start_without_showing_it(
+    fake: FakeTelegram, redis: aioredis.Redis
+) -> None:
+    channel = build(polling(fake, token=SecretStr("999:rejected-token")), make_context(redis))
+    with pytest.raises(ExceptionGroup) as caught:  # the channel's task group
+        async with asyncio.timeout(10):
+            await run_channel(channel, Bus(redis, BUS), "telegram-test")
+    [error] = caught.value.exceptions
+    assert isinstance(error, PlatformError) and not error.retryable
+    assert "rejected by the server" in str(error)
+    assert "rejected-token" not in str(error)
+
+
+async def test_telegram_down_at_start_is_waited_out(
+    fake: FakeTelegram, redis: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.outage_calls = 2
+    channel = build(polling(fake), make_context(redis))
+    with caplog.at_level(logging.INFO, logger="stockade.channels.telegram"):
+        async with running(channel, redis):
+            fake.add_update(fake.message(text="still there?"))
+            (envelope,) = await inbound(redis)
+    assert envelope.text == "still there?"
+    assert "getMe failed" in caplog.text and "getMe works again" in caplog.text
+
+
 async def test_typing_is_shown_in_the_chat_and_topic(
     fake: FakeTelegram, redis: aioredis.Redis, channels: list[TelegramChannel]
 ) -> None:
