@@ -11,6 +11,9 @@ directly instead of discord.py's HTTPClient: it sleeps through a 429 itself, deb
 URLs that carry interaction tokens, and cannot set `enforce_nonce`. Here a 429 becomes
 `RateLimited` and `send_with_retry` waits as Discord asked.
 
+discord.py logs each gateway frame it receives at DEBUG, whole: an interaction's
+token (which lets anyone answer in the bot's name for 15 minutes) is masked there.
+
 `discord.http.Route.BASE` and `DiscordWebSocket.DEFAULT_GATEWAY` are class
 attributes: building the channel sets them for the whole process, so one process
 serves one Discord API (the real one, or one fake in tests).
@@ -22,6 +25,7 @@ import asyncio
 import functools
 import json
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
@@ -35,6 +39,7 @@ import yarl
 
 from channels._shared.media import receive_files
 from channels._shared.outbox import send_parts
+from channels._shared.redact import RedactMatches, redact
 from channels.base import Capabilities, ChannelContext, Publish
 from channels.discord import convert
 from gateway.envelope import Attachment, Outbound
@@ -51,6 +56,12 @@ CHANNELS_KEPT: Final = 2_048
 REQUEST_TIMEOUT_S: Final = 30.0
 _NET_ERRORS: Final = (aiohttp.ClientError, TimeoutError)
 REDIS_BACKOFF_MAX_S: Final = 5.0
+_FRAME_LOGGERS: Final = ("discord.gateway",)
+"""Where discord.py logs the frames it receives, at DEBUG."""
+_TOKENS_IN_FRAMES: Final = RedactMatches(
+    re.compile(r"""(['"]token['"]\s*:\s*['"])[^'"]+"""), r"\1<token>"
+)
+"""Any "token" field of a logged frame: INTERACTION_CREATE carries the interaction's."""
 
 
 async def _while_redis_is_away(step: Callable[[], Awaitable[object]]) -> None:
@@ -74,6 +85,7 @@ class DiscordChannel:
     def __init__(self, settings: DiscordSettings, context: ChannelContext) -> None:
         if settings.token is None:
             raise ConfigError("configuration", "discord.token", "required")
+        redact(_FRAME_LOGGERS, _TOKENS_IN_FRAMES)  # before the client, which logs every frame
         self._settings = settings
         self._context = context
         self._token = settings.token.get_secret_value()

@@ -40,9 +40,10 @@ TOKEN_FILE: Final = "sync_token"
 
 log = logging.getLogger("stockade.channels.matrix")
 
-_NIO_LOGGER: Final = "nio"
-"""matrix-nio's loggers: at DEBUG they write whole responses, the login's access token
-and people's messages among them. They never log below INFO here, whatever -v says."""
+_NIO_RESPONSES: Final = "nio.responses"
+"""Where matrix-nio logs every response whole at DEBUG: the login's access token and
+people's messages among them. It never logs below INFO here, whatever -v says; nio's
+other loggers (rooms, encryption) keep their debug output, which holds neither."""
 
 
 def _member(event: Any) -> dict[str, object]:
@@ -59,8 +60,8 @@ def _member(event: Any) -> dict[str, object]:
 
 class MatrixChannel:
     def __init__(self, settings: MatrixSettings, context: ChannelContext) -> None:
-        nio_log = logging.getLogger(_NIO_LOGGER)
-        nio_log.setLevel(max(logging.INFO, nio_log.level))
+        responses = logging.getLogger(_NIO_RESPONSES)  # before the client, which logs them
+        responses.setLevel(max(logging.INFO, responses.level))
         self._settings = settings
         self._context = context
         self._homeserver = settings.homeserver.rstrip("/")

@@ -12,6 +12,9 @@ that takes longer is simply delivered again and deduplicated.
 In HTTP mode the shared webhook server checks the signature on the raw bytes before
 anything is parsed; bolt checks it again on the same bytes, which costs one HMAC.
 
+slack_sdk logs each Web API response whole at DEBUG; the ticket in the Socket Mode
+URL that apps.connections.open answers with is masked there.
+
 The SDK's own retry handlers are off: `send_with_retry` alone decides when to send
 again, honouring Slack's Retry-After (read from the header here, since the SDK's
 handler only parses whole seconds).
@@ -38,6 +41,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from channels._shared.media import receive_files
 from channels._shared.outbox import send_parts
+from channels._shared.redact import RedactMatches, redact
 from channels._shared.webhooks import Webhook, WebhookRequest, WebhookResponse
 from channels.base import Capabilities, ChannelContext, Publish
 from channels.slack import convert
@@ -51,6 +55,11 @@ log = logging.getLogger("stockade.channels.slack")
 MAX_MENTION_LOOKUPS: Final = 8
 """Bounds the users.info calls one message can cause."""
 _ANYTHING: Final = re.compile(".*")
+_RESPONSE_LOGGERS: Final = ("slack_sdk.web.async_base_client",)
+"""Where slack_sdk logs each Web API request and response, at DEBUG."""
+_SOCKET_TICKETS: Final = RedactMatches(re.compile(r"ticket=[^&'\"\s]+"), "ticket=<ticket>")
+"""A Socket Mode URL's one-time ticket, which opens a connection that receives the
+app's events."""
 
 
 def _platform_error(error: SlackApiError) -> PlatformError:
@@ -84,6 +93,7 @@ class SlackChannel:
         self._context = context
         self._token = settings.bot_token.get_secret_value()
         self._verifier = SignatureVerifier(secret) if secret.strip() else None
+        redact(_RESPONSE_LOGGERS, _SOCKET_TICKETS)  # before the client's first request
         base = settings.api_base if settings.api_base.endswith("/") else settings.api_base + "/"
         self._client = AsyncWebClient(token=self._token, base_url=base, retry_handlers=[])
         self._app = AsyncApp(

@@ -7,14 +7,13 @@ also logs the webhook's secret token among setWebhook's parameters, at DEBUG.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
-import logging
 from collections.abc import Awaitable
 from typing import Final, TypeVar
 
 from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError, TimedOut
 
+from channels._shared.redact import Redact, redact
 from channels.telegram import convert
 from gateway.errors import PlatformError, PlatformUnavailable, RateLimited
 
@@ -23,28 +22,9 @@ T = TypeVar("T")
 URL_LOGGERS: Final = ("httpx", "telegram.Bot", "telegram.request.BaseRequest")
 
 
-@dataclasses.dataclass(frozen=True)
-class Redact(logging.Filter):
-    """Replaces a secret in records of the HTTP and PTB loggers, which log request URLs
-    and parameters.
-
-    The message is rendered here, once: PTB logs a reply dict it later rewrites to
-    hold the file URL, which a handler formatting afterwards would show. Equal for
-    equal secrets, so a logger never gets the same one twice.
-    """
-
-    secret: str
-    mask: str = "<token>"
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = record.getMessage().replace(self.secret, self.mask), ()
-        return True
-
-
 def redact_url_loggers(secret: str, mask: str = "<token>") -> None:
     """Adds the secret's `Redact` filter to every logger that logs request URLs."""
-    for name in URL_LOGGERS:
-        logging.getLogger(name).addFilter(Redact(secret, mask))
+    redact(URL_LOGGERS, Redact(secret, mask))
 
 
 def seconds(value: object) -> float:

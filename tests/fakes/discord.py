@@ -516,8 +516,8 @@ class FakeDiscord:
 
 
 @asynccontextmanager
-async def running_fake_discord() -> AsyncIterator[FakeDiscord]:
-    fake = FakeDiscord()
+async def running_fake_discord(token: str = "fake-discord-bot-token") -> AsyncIterator[FakeDiscord]:
+    fake = FakeDiscord(token=token)
     async with serving(fake.app()) as url:
         fake.url = url
         try:

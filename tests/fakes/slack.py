@@ -206,6 +206,8 @@ class FakeSlack:
     refused: int = 0
     """chat.postMessage calls refused for breaking a limit (too long, no text)."""
     acks: list[Ack] = field(default_factory=list)
+    tickets: list[str] = field(default_factory=list)
+    """The one-time tickets of the Socket Mode URLs apps.connections.open gave out."""
     calls: list[str] = field(default_factory=list)
     """Web API methods called, in order."""
     stalled: set[str] = field(default_factory=set)
@@ -415,7 +417,11 @@ class FakeSlack:
         )
 
     async def _connections_open(self, args: dict[str, Any]) -> web.Response:
-        return web.json_response({"ok": True, "url": self.url.replace("http", "ws", 1) + "/link"})
+        # As Slack's: the URL carries a one-time ticket and the app id in its query.
+        ticket = f"ticket-{uuid.uuid4().hex}"
+        self.tickets.append(ticket)
+        link = self.url.replace("http", "ws", 1) + f"/link?ticket={ticket}&app_id=A0FAKE"
+        return web.json_response({"ok": True, "url": link})
 
     # -- files and Socket Mode ---------------------------------------------------------
 
@@ -472,9 +478,11 @@ class FakeSlack:
 
 
 @asynccontextmanager
-async def running_fake_slack() -> AsyncIterator[FakeSlack]:
-    """A started fake on an OS-chosen port of 127.0.0.1."""
-    fake = FakeSlack()
+async def running_fake_slack(
+    bot_token: str = "xoxb-fake-bot-token", app_token: str = "xapp-fake-app-token"
+) -> AsyncIterator[FakeSlack]:
+    """A started fake on an OS-chosen port of 127.0.0.1, accepting these tokens."""
+    fake = FakeSlack(bot_token=bot_token, app_token=app_token)
     async with serving(fake.app()) as fake.url:
         try:
             yield fake
