@@ -4,7 +4,6 @@ operator runs them: `stockade vault set`, then "vault:NAME" in the settings file
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import signal
 import subprocess
@@ -18,30 +17,10 @@ import redis.asyncio as aioredis
 from gateway.bus import IN_STREAM
 from gateway.envelope import decode_inbound
 from tests.fakes.telegram import running_telegram
-from tests.gateway.vault.conftest import assert_absent
+from tests.gateway.vault.conftest import assert_absent, environment, stockade
 from tests.services import RedisProcess
 
-REPO = Path(__file__).resolve().parents[2]
 CANARY: Final = f"sk-canary-{secrets.token_hex(16)}"
-
-
-def environment(data_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.upper().startswith("STOCKADE_")}
-    return {**base, "PYTHONPATH": str(REPO), "STOCKADE_DATA_DIR": str(data_dir), **(extra or {})}
-
-
-def stockade(
-    data_dir: Path, *args: str, stdin: str = "", env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=environment(data_dir, env),
-        cwd=data_dir,
-        timeout=60,
-    )
 
 
 def vault_set(data_dir: Path, name: str, value: str) -> None:

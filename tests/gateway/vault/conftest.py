@@ -5,9 +5,13 @@ from __future__ import annotations
 import base64
 import os
 import secrets
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(autouse=True)
@@ -49,3 +53,25 @@ def assert_absent(secret: str | bytes, *haystacks: str | bytes) -> None:
         data = haystack.encode() if isinstance(haystack, str) else haystack
         for needle in renderings(secret):
             assert needle not in data
+
+
+def environment(data_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without any STOCKADE_ variable, for a CLI run in
+    `data_dir`, plus `extra`."""
+    base = {k: v for k, v in os.environ.items() if not k.upper().startswith("STOCKADE_")}
+    return {**base, "STOCKADE_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO), **(extra or {})}
+
+
+def stockade(
+    data_dir: Path, *args: str, stdin: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`stockade ARGS` run to its end in `data_dir`, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=environment(data_dir, env),
+        cwd=data_dir,
+        timeout=60,
+    )

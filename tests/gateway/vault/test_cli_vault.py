@@ -16,28 +16,7 @@ import pytest
 
 from gateway.settings import Settings
 from gateway.vault import Vault
-from tests.gateway.vault.conftest import assert_absent
-
-REPO = Path(__file__).resolve().parents[3]
-
-
-def environment(data_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.upper().startswith("STOCKADE_")}
-    return {**base, "STOCKADE_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO), **(extra or {})}
-
-
-def stockade(
-    data_dir: Path, *args: str, stdin: str = "", env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=environment(data_dir, env),
-        cwd=data_dir,
-        timeout=60,
-    )
+from tests.gateway.vault.conftest import assert_absent, environment, stockade
 
 
 def opened(data_dir: Path) -> Vault:
