@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import re
@@ -290,7 +291,12 @@ class Agent:
                 f"I stopped after {MAX_STEPS} steps without a final answer. "
                 "Ask me to go on if you want me to continue."
             )
-        self._memory.save(Memory(history, message.id, answer))
+        try:
+            self._memory.save(Memory(history, message.id, answer))
+        except OSError as exc:
+            # The answer was paid for: it goes out, with why it will be forgotten.
+            log.warning("the conversation was not saved: %s", errno.errorcode.get(exc.errno or 0))
+            answer += "\n\n" + unsaved_note(exc)
         return answer
 
     def _receive(self, attachment: Attachment) -> str:
@@ -366,6 +372,17 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 
 _PR_SET_DUMPABLE = 4
+
+
+def unsaved_note(error: OSError) -> str:
+    """What the user is told when their conversation could not be saved."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            "(My workspace is full, so I will not remember this conversation. Delete "
+            "files there, or ask an operator for more room.)"
+        )
+    name = errno.errorcode.get(error.errno or 0, type(error).__name__)
+    return f"(I could not save this conversation ({name}), so I will not remember it.)"
 
 
 def _undumpable() -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
+from agents._memory import MEMORY_DIR
 from tests.agents.conftest import KEY, USER, Stack
 from tests.fakes.model_server import Failure, Text, ToolCall, ToolCalls
 
@@ -91,6 +94,44 @@ async def test_memory_persists_across_a_restart_of_the_runtime(stack: Stack) -> 
         "Noted: 42.",
         "what number was it?",
     ]
+
+
+async def test_a_full_workspace_still_gets_the_answer_and_says_it_is_not_remembered(
+    stack: Stack,
+) -> None:
+    memory_dir = stack.workspace / MEMORY_DIR
+    memory_dir.mkdir()
+    # A filesystem of its own, full to the last block, as a workspace at its size is.
+    await _run("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(memory_dir))
+    try:
+        _fill(memory_dir / "hoard")
+        stack.model.push(Text("Here is your answer."))
+        await stack.start_runtime()
+        await stack.send("a question")
+
+        reply = await stack.reply()
+    finally:
+        await _run("umount", "-l", str(memory_dir))
+
+    assert reply.text.startswith("Here is your answer.\n\n(My workspace is full")
+    assert "will not remember" in reply.text
+    assert await stack.pending() == 0
+
+
+def _fill(path: Path) -> None:
+    """Write `path` until its filesystem has no block left."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"x" * 4096)
+    finally:
+        os.close(fd)
+
+
+async def _run(*argv: str) -> None:
+    proc = await asyncio.create_subprocess_exec(*argv)
+    assert await proc.wait() == 0, argv
 
 
 async def test_paths_out_of_the_workspace_are_refused_and_reported(
