@@ -17,6 +17,9 @@ token (which lets anyone answer in the bot's name for 15 minutes) is masked ther
 `discord.http.Route.BASE` and `DiscordWebSocket.DEFAULT_GATEWAY` are class
 attributes: building the channel sets them for the whole process, so one process
 serves one Discord API (the real one, or one fake in tests).
+
+At start, a refused token (or a gateway refusal such as a missing intent) ends
+`receive` with a non-retryable `PlatformError`; Discord unreachable is waited out.
 """
 
 from __future__ import annotations
@@ -40,8 +43,10 @@ import yarl
 from channels._shared.media import receive_files
 from channels._shared.outbox import send_parts
 from channels._shared.redact import RedactMatches, redact
+from channels._shared.starting import until_started
 from channels.base import Capabilities, ChannelContext, Publish
 from channels.discord import convert
+from channels.discord._client import connect, logged_in
 from gateway.envelope import Attachment, Outbound
 from gateway.errors import ConfigError, PlatformError, PlatformUnavailable, RedisUnavailable
 from gateway.settings import DiscordSettings
@@ -112,23 +117,20 @@ class DiscordChannel:
     # -- receiving ---------------------------------------------------------------------
 
     async def receive(self, publish: Publish) -> None:
-        intents = discord.Intents.default()
-        intents.message_content = True
-        client = discord.Client(intents=intents, enable_debug_events=True)
-
-        async def on_socket_raw_receive(raw: Any) -> None:
-            await self._on_raw(raw)
-
-        client.event(on_socket_raw_receive)
-        async with aiohttp.ClientSession() as session:
-            self._client, self._publish, self._session = client, publish, session
-            try:
-                await client.login(self._token)
+        client = await until_started(
+            functools.partial(logged_in, self._token, self._on_raw),
+            platform=convert.NAME,
+            what="login",
+            log=log,
+        )
+        try:
+            async with aiohttp.ClientSession() as session:
+                self._client, self._publish, self._session = client, publish, session
                 await self._register_commands(client)
-                await client.connect(reconnect=True)
-            finally:
-                await client.close()
-                self._client, self._publish, self._session = None, None, None
+                await connect(client)
+        finally:
+            await client.close()
+            self._client, self._publish, self._session = None, None, None
 
     async def _register_commands(self, client: discord.Client) -> None:
         payload: Any = convert.command_payload(self._context.commands)

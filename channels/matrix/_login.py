@@ -54,9 +54,11 @@ async def login(
     try:
         if settings.access_token is not None:
             client.access_token = settings.access_token.get_secret_value()
-            if not device_id:
-                whoami = await call("whoami", client.whoami())
-                device_id = whoami.device_id if isinstance(whoami, WhoamiResponse) else ""
+            # Asked even with a known device id: a refused token shows here, at start,
+            # rather than at the first sync.
+            whoami = await call("whoami", client.whoami())
+            if not device_id and isinstance(whoami, WhoamiResponse):
+                device_id = whoami.device_id or ""
             client.restore_login(settings.user_id, device_id, client.access_token)
         else:
             assert settings.password is not None  # the settings validator saw to it

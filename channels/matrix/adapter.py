@@ -5,7 +5,8 @@ sync response was published, so a crash replays a little (dropped as duplicates 
 the bus by event id) and never skips. On the very first start, with no token, the
 rooms' history is not replayed: that sync only learns the state. Every start syncs
 with `full_state`, since nio keeps no room state (names, members) across restarts.
-The access token is never logged nor put in an error message.
+The access token is never logged nor put in an error message. A refused password or
+access token at start ends `receive` with a non-retryable `PlatformError`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from nio import InviteMemberEvent, MegolmEvent, RoomSendResponse, SyncResponse
 
 from channels._shared.media import receive_files
 from channels._shared.outbox import send_parts
+from channels._shared.starting import until_started
 from channels.base import Capabilities, ChannelContext, Publish
 from channels.matrix import convert
 from channels.matrix._errors import call
@@ -97,6 +99,8 @@ class MatrixChannel:
     async def receive(self, publish: Publish) -> None:
         backoff = BACKOFF_MIN_S
         try:
+            # A refused password or token ends the start; the homeserver away is waited out.
+            await until_started(self._ready, platform=convert.NAME, what="login", log=log)
             async with aiohttp.ClientSession() as session:
                 while True:
                     try:

@@ -18,11 +18,16 @@ URL that apps.connections.open answers with is masked there.
 The SDK's own retry handlers are off: `send_with_retry` alone decides when to send
 again, honouring Slack's Retry-After (read from the header here, since the SDK's
 handler only parses whole seconds).
+
+At start the bot token (auth.test) and, in Socket Mode, the app token
+(apps.connections.open) are tried: a refusal ends `receive` with a non-retryable
+`PlatformError`, an outage is waited out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -42,12 +47,14 @@ from slack_sdk.web.async_client import AsyncWebClient
 from channels._shared.media import receive_files
 from channels._shared.outbox import send_parts
 from channels._shared.redact import RedactMatches, redact
+from channels._shared.starting import until_started
 from channels._shared.webhooks import Webhook, WebhookRequest, WebhookResponse
 from channels.base import Capabilities, ChannelContext, Publish
 from channels.slack import convert
+from channels.slack._errors import platform_error, start_call
 from channels.slack._names import channel_names, user_names
 from gateway.envelope import Attachment, Outbound
-from gateway.errors import ConfigError, PlatformError, PlatformUnavailable
+from gateway.errors import ConfigError, PlatformUnavailable
 from gateway.settings import SlackSettings
 
 log = logging.getLogger("stockade.channels.slack")
@@ -60,20 +67,6 @@ _RESPONSE_LOGGERS: Final = ("slack_sdk.web.async_base_client",)
 _SOCKET_TICKETS: Final = RedactMatches(re.compile(r"ticket=[^&'\"\s]+"), "ticket=<ticket>")
 """A Socket Mode URL's one-time ticket, which opens a connection that receives the
 app's events."""
-
-
-def _platform_error(error: SlackApiError) -> PlatformError:
-    # The SDK's response, or aiohttp's when Slack's body was not JSON.
-    response = error.response
-    status = getattr(response, "status_code", None) or getattr(response, "status", 0)
-    headers = getattr(response, "headers", None) or {}
-    data = getattr(response, "data", None)
-    code = data.get("error") if isinstance(data, dict) else None
-    return convert.send_error(
-        status if isinstance(status, int) else 0,
-        headers.get("Retry-After"),
-        code if isinstance(code, str) else "",
-    )
 
 
 class SlackChannel:
@@ -123,6 +116,14 @@ class SlackChannel:
     # -- receiving ---------------------------------------------------------------------
 
     async def receive(self, publish: Publish) -> None:
+        # bolt checks the bot token only when the first event comes; checked here, a
+        # refused one stops the channel at start instead.
+        await until_started(
+            functools.partial(start_call, "auth.test", "bot token", self._client.auth_test),
+            platform=convert.NAME,
+            what="auth.test",
+            log=log,
+        )
         async with aiohttp.ClientSession() as session:
             self._session, self._publish = session, publish
             try:
@@ -136,9 +137,25 @@ class SlackChannel:
     async def _run_socket_mode(self) -> None:
         app_token = self._settings.app_token
         assert app_token is not None  # checked when built
+        # The SDK retries a refused app token every 10 s, forever: the first
+        # connection's URL is asked for here, where a refusal ends the start.
+        opened = await until_started(
+            functools.partial(
+                start_call,
+                "apps.connections.open",
+                "app token",
+                functools.partial(
+                    self._client.apps_connections_open, app_token=app_token.get_secret_value()
+                ),
+            ),
+            platform=convert.NAME,
+            what="apps.connections.open",
+            log=log,
+        )
         handler = AsyncSocketModeHandler(
             self._app, app_token.get_secret_value(), web_client=self._client
         )
+        handler.client.wss_uri = opened["url"]  # the SDK connects with it, asks for no other
         try:
             await handler.connect_async()  # type: ignore[no-untyped-call]  # bolt leaves it unannotated
             await asyncio.get_running_loop().create_future()  # until cancelled
@@ -271,7 +288,7 @@ class SlackChannel:
                 channel=channel, text=text, thread_ts=thread_id or None, mrkdwn=True
             )
         except SlackApiError as exc:
-            raise _platform_error(exc) from None
+            raise platform_error(exc) from None
         except (SlackClientError, aiohttp.ClientError, TimeoutError) as exc:
             raise PlatformUnavailable(
                 f"slack: chat.postMessage failed ({type(exc).__name__})"

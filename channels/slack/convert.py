@@ -371,3 +371,24 @@ def send_error(status: int, retry_after: str | None, code: str) -> PlatformError
 def render(text: str) -> list[str]:
     """A reply as Slack mrkdwn, in parts of at most PART_LIMIT characters."""
     return chunk(to_slack_mrkdwn(text), PART_LIMIT)
+
+
+SERVER_SIDE_CODES: Final = frozenset(
+    ("fatal_error", "internal_error", "service_unavailable", "request_timeout")
+)
+"""`ok: false` codes that report Slack's own trouble, not a refusal: worth waiting out."""
+
+
+def start_error(
+    method: str, credential: str, status: int, retry_after: str | None, code: str
+) -> PlatformError:
+    """Slack's answer to a call made at start (auth.test, apps.connections.open) as our
+    error: a refusal of `credential` ("bot token", "app token") is final; a 429, a 5xx
+    or Slack's own trouble is waited out. The text names the code, never the token."""
+    if status == 429:
+        return RateLimited(retry_after_s(retry_after), NAME)
+    if status >= 500 or code in SERVER_SIDE_CODES:
+        return PlatformUnavailable(f"slack: {method} failed ({code or f'HTTP {status}'})")
+    return PlatformError(
+        f"slack: {method} refused the {credential} ({(code or f'HTTP {status}')[:80]})"
+    )

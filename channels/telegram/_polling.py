@@ -1,4 +1,4 @@
-"""Waiting Telegram out: the getUpdates long-poll loop, and calls retried until they work.
+"""Waiting Telegram out: the getUpdates long-poll loop.
 
 An update's offset is given to Telegram only after `admit` returned for it, so an
 update is on the bus before Telegram forgets it; one that failed is fetched again.
@@ -18,7 +18,7 @@ from channels.base import Admission
 from channels.telegram import convert
 from channels.telegram._errors import seconds
 from channels.telegram._request import AiohttpRequest
-from gateway.errors import PlatformError, RateLimited, StockadeError
+from gateway.errors import StockadeError
 
 T = TypeVar("T")
 Admit = Callable[[convert.Update], Awaitable[Admission | None]]
@@ -27,31 +27,6 @@ BACKOFF_MIN_S: Final = 0.5
 BACKOFF_MAX_S: Final = 30.0
 
 log = logging.getLogger("stockade.channels.telegram")
-
-
-async def until_done(step: Callable[[], Awaitable[T]], what: str) -> T:
-    """`step()` until it succeeds: Telegram unreachable at start is waited out.
-
-    A refusal (a rejected token, a bad request) is raised: waiting would not change
-    Telegram's answer, and the role stops with it rather than serve without Telegram.
-    """
-    backoff, failed = BACKOFF_MIN_S, False
-    while True:
-        try:
-            result = await step()
-        except PlatformError as exc:
-            if not exc.retryable:
-                raise
-            if not failed:
-                log.warning("telegram: %s failed (%s); retrying until it works", what, exc)
-                failed = True
-            wait = exc.retry_after_s if isinstance(exc, RateLimited) else backoff
-            await asyncio.sleep(wait)
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
-            continue
-        if failed:
-            log.info("telegram: %s works again", what)
-        return result
 
 
 async def poll(bot: Bot, poller: AiohttpRequest, url: str, timeout_s: int, admit: Admit) -> None:

@@ -28,12 +28,13 @@ from telegram.error import BadRequest, TelegramError
 from channels._shared.chunking import TELEGRAM_LIMIT, chunk_telegram_html
 from channels._shared.markdown import to_telegram_html
 from channels._shared.outbox import send_parts
+from channels._shared.starting import until_started
 from channels._shared.webhooks import Webhook, WebhookRequest, WebhookResponse
 from channels.base import Admission, Capabilities, ChannelContext, Publish
 from channels.telegram import convert
 from channels.telegram._errors import call, platform_error, redact_url_loggers
 from channels.telegram._files import with_received_files
-from channels.telegram._polling import Admit, poll, until_done
+from channels.telegram._polling import Admit, poll
 from channels.telegram._request import AiohttpRequest
 from gateway.envelope import Outbound
 from gateway.errors import ConfigError, PlatformError
@@ -101,7 +102,9 @@ class TelegramChannel:
 
     async def receive(self, publish: Publish) -> None:
         try:
-            identity = await until_done(self._ready, "getMe")
+            identity = await until_started(
+                self._ready, platform=convert.NAME, what="getMe", log=log
+            )
             await self._set_menus()
             async with aiohttp.ClientSession() as session:
                 admit = functools.partial(self._admit, publish, session, identity)
@@ -139,7 +142,12 @@ class TelegramChannel:
         await self._bot.shutdown()
 
     async def _poll(self, admit: Admit) -> None:
-        await until_done(lambda: self._call(self._bot.delete_webhook()), "deleteWebhook")
+        await until_started(
+            lambda: self._call(self._bot.delete_webhook()),
+            platform=convert.NAME,
+            what="deleteWebhook",
+            log=log,
+        )
         await poll(self._bot, self._poller, self._updates_url, self._settings.poll_timeout_s, admit)
 
     async def _serve_webhook(self, admit: Admit) -> None:
@@ -170,7 +178,7 @@ class TelegramChannel:
         webhooks.mount(Webhook(path=path, verify=verify, handle=handle, name=convert.NAME))
         try:
             url = webhooks.public_url(path)
-            await until_done(
+            await until_started(
                 lambda: self._call(
                     self._bot.set_webhook(
                         url=url,
@@ -178,7 +186,9 @@ class TelegramChannel:
                         allowed_updates=convert.ALLOWED_UPDATES,
                     )
                 ),
-                "setWebhook",
+                platform=convert.NAME,
+                what="setWebhook",
+                log=log,
             )
             await asyncio.Event().wait()  # until cancelled
         finally:

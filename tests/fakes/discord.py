@@ -96,6 +96,9 @@ class FakeDiscord:
     identifies: list[dict[str, Any]] = field(default_factory=list)
     resumes: list[dict[str, Any]] = field(default_factory=list)
     session_id: str = ""
+    outage_calls: int = 0
+    """This many REST calls from now are answered 503, as in a Discord outage (503, not
+    500 or 502: discord.py retries those itself, sleeping seconds between tries)."""
     _events: list[tuple[int, str]] = field(default_factory=list)
     """Every dispatch of the session: (seq, frame), for RESUME."""
     _seq: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -195,7 +198,14 @@ class FakeDiscord:
         }
         if guild_id:
             data["guild_id"] = guild_id
-            data["member"] = {"nick": member_nick or None, "roles": [], "joined_at": None}
+            data["member"] = {
+                "nick": member_nick or None,
+                "roles": [],
+                "joined_at": None,
+                "deaf": False,
+                "mute": False,
+                "flags": 0,
+            }
         if referenced:
             data["referenced_message"] = referenced
             data["message_reference"] = {"message_id": referenced["id"], "channel_id": channel_id}
@@ -212,8 +222,10 @@ class FakeDiscord:
         author: dict[str, Any],
         channel_id: str,
         guild_id: str = "",
+        member_flags: bool = True,
     ) -> tuple[str, str]:
-        """Dispatch a slash command; its (interaction id, token)."""
+        """Dispatch a slash command; its (interaction id, token). `member_flags=False`
+        leaves `member.flags` out of a guild interaction, which discord.py cannot parse."""
         ident, token = self.snowflake(), f"itoken-{uuid.uuid4().hex}"
         options = [{"type": 3, "name": "args", "value": args}] if args else []
         data: dict[str, Any] = {
@@ -233,7 +245,18 @@ class FakeDiscord:
         }
         if guild_id:
             data["guild_id"] = guild_id
-            data["member"] = {"user": author, "nick": None, "roles": [], "permissions": "0"}
+            data["member"] = {
+                "user": author,
+                "nick": None,
+                "roles": [],
+                "permissions": "0",
+                "joined_at": "2025-01-01T00:00:00.000000+00:00",
+                "deaf": False,
+                "mute": False,
+                "flags": 0,
+            }
+            if not member_flags:
+                del data["member"]["flags"]
         else:
             data["user"] = author
         self._dispatched_at[ident] = time.monotonic()
@@ -494,8 +517,16 @@ class FakeDiscord:
             return web.Response(status=404)
         return web.Response(body=found[0], headers={"Content-Type": found[1]})
 
+    @web.middleware
+    async def _outage(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self.outage_calls > 0 and request.path.startswith("/api/"):
+            self.outage_calls -= 1
+            return _json({"message": "Service Unavailable", "code": 0}, 503)
+        response: web.StreamResponse = await handler(request)
+        return response
+
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._outage])
         api = "/api/v10"
         app.router.add_get("/gw", self._gateway)
         app.router.add_get(f"{api}/users/@me", self._me)

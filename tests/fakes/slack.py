@@ -212,6 +212,8 @@ class FakeSlack:
     """Web API methods called, in order."""
     stalled: set[str] = field(default_factory=set)
     """Web API methods that never answer (a hung Slack)."""
+    outage_calls: int = 0
+    """This many Web API calls from now are answered 503, as in a Slack outage."""
     fail_lookups: bool = False
     """users.info and conversations.info answer HTTP 500."""
     on_ack: Callable[[Ack], Awaitable[None]] | None = None
@@ -318,6 +320,9 @@ class FakeSlack:
 
     async def _api(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
+        if self.outage_calls > 0:
+            self.outage_calls -= 1
+            return web.json_response({"ok": False, "error": "fatal_error"}, status=503)
         self.calls.append(method)
         args = await self._args(request)
         token = self._token(request) or str(args.get("token", ""))

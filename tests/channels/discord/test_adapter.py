@@ -4,6 +4,7 @@ bus, `run_channel`."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import tempfile
 import time
@@ -11,7 +12,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 import redis.asyncio as aioredis
+from pydantic import SecretStr
 
 from channels._shared.media import MediaPolicy
 from channels._shared.runner import run_channel
@@ -20,6 +23,7 @@ from channels.discord import convert
 from channels.discord.adapter import build
 from gateway.bus import IN_STREAM, Blobs, Bus, Deliveries, out_stream
 from gateway.envelope import Inbound, decode_inbound, reply
+from gateway.errors import PlatformError
 from gateway.settings import BusSettings
 from tests.channels.discord.harness import GUILD_ID, settings_for
 from tests.fakes.discord import BOT_USER, FakeDiscord, running_fake_discord, user
@@ -240,3 +244,61 @@ async def test_a_message_that_comes_while_redis_is_down_is_published_once_it_is_
         await client.aclose()
         server.stop()
         shutil.rmtree(server.data_dir, ignore_errors=True)
+
+
+async def test_a_refused_token_stops_the_channel_at_start_without_showing_it(
+    redis: aioredis.Redis,
+) -> None:
+    async with running_fake_discord() as fake:
+        settings = settings_for(fake).model_copy(update={"token": SecretStr("refused-token")})
+        channel = build(settings, make_context(redis))
+        with pytest.raises(ExceptionGroup) as caught:  # the channel's task group
+            async with asyncio.timeout(10):
+                await run_channel(channel, Bus(redis, BusSettings(block_ms=50)), "discord-test")
+    [error] = caught.value.exceptions
+    assert isinstance(error, PlatformError) and not error.retryable
+    assert "discord" in str(error) and "token was refused" in str(error)
+    assert "refused-token" not in str(error) and not fake.identifies
+
+
+async def test_discord_down_at_start_is_waited_out(
+    redis: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="stockade.channels.discord"):
+        async with running_fake_discord() as fake:
+            fake.outage_calls = 2
+            channel = build(settings_for(fake), make_context(redis))
+            bus = Bus(redis, BusSettings(block_ms=50))
+            task = asyncio.create_task(run_channel(channel, bus, "discord-test"))
+            try:
+                await fake.wait_ready()
+                await fake.message_create("still there?", author=ADA, channel_id=DM)
+                [inbound] = await entries(redis, 1)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    assert inbound.text == "still there?" and fake.outage_calls == 0
+    assert "login failed (HTTP 503)" in caplog.text and "login works again" in caplog.text
+
+
+async def test_events_discord_py_cannot_parse_are_logged_and_the_next_one_arrives(
+    redis: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    channel_id = "730000000000000001"
+    with caplog.at_level(logging.WARNING, logger="stockade.channels.discord"):
+        async with running(redis) as (fake, _):
+            fake.add_channel(channel_id, "general", guild_id=GUILD_ID)
+            _, token = await fake.interaction_create(
+                "help", author=ADA, channel_id=channel_id, guild_id=GUILD_ID, member_flags=False
+            )
+            await fake.dispatch(
+                "MESSAGE_CREATE", {"id": fake.snowflake(), "channel_id": DM, "content": "x"}
+            )
+            await fake.message_create("still here", author=ADA, channel_id=DM)
+            found = await entries(redis, 2)
+    # The interaction is whole for the adapter: only discord.py's own model of it failed.
+    assert sorted(i.text for i in found) == ["/help", "still here"]
+    skipped = [r.getMessage() for r in caplog.records if "could not parse" in r.getMessage()]
+    assert any("INTERACTION_CREATE" in line and "'flags'" in line for line in skipped)
+    assert any("MESSAGE_CREATE" in line for line in skipped)
+    assert token not in caplog.text

@@ -14,7 +14,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import discord
 import pytest
 import redis.asyncio as aioredis
 from pydantic import SecretStr
@@ -118,8 +117,10 @@ async def test_a_refused_token_fails_the_login_without_naming_the_token(
         async with running_fake_discord() as fake:
             settings = settings_for(fake).model_copy(update={"token": SecretStr(wrong)})
             channel = build(settings, make_context(redis))
-            with pytest.raises(discord.LoginFailure) as raised:
-                await channel.receive(_never_called)
+            with pytest.raises(PlatformError) as raised:
+                async with asyncio.timeout(10):
+                    await channel.receive(_never_called)
+    assert not raised.value.retryable
     assert wrong not in str(raised.value) and wrong not in repr(raised.value)
     assert [line for line in log.lines if line.level >= logging.WARNING or "401" in line.text]
     assert log.holding(wrong) == []

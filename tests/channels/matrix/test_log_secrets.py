@@ -21,7 +21,7 @@ from pydantic import SecretStr
 
 from channels._shared.media import MediaPolicy
 from channels._shared.runner import run_channel
-from channels.base import Admission, ChannelContext
+from channels.base import ChannelContext
 from channels.matrix.adapter import MatrixChannel, build
 from gateway.bus import IN_STREAM, Blobs, Bus, Deliveries, out_stream
 from gateway.envelope import Inbound, Outbound, decode_inbound, reply
@@ -151,7 +151,7 @@ async def test_no_log_line_at_debug_holds_a_given_access_token(
     assert_clean(log, token)
 
 
-async def test_a_refused_password_is_an_error_without_the_password(
+async def test_a_refused_password_stops_the_channel_at_start_without_showing_it(
     synapse: Synapse, redis: aioredis.Redis, tmp_path: Path
 ) -> None:
     bot = f"bot-{secrets.token_hex(4)}"
@@ -167,14 +167,16 @@ async def test_a_refused_password_is_an_error_without_the_password(
         channel = build(settings, make_context(redis, tmp_path))
         with pytest.raises(PlatformError) as raised:
             await channel.send(Outbound("matrix", "!room:localhost", "hi", outbound_id="o"))
-        await refused_while_receiving(channel, log)
-    assert "M_FORBIDDEN" in str(raised.value)
-    assert wrong not in str(raised.value) and wrong not in repr(raised.value)
+        error = await refused_at_start(channel, redis)
+    for refusal in (raised.value, error):
+        assert "M_FORBIDDEN" in str(refusal) and str(refusal).startswith("matrix: ")
+        assert wrong not in str(refusal) and wrong not in repr(refusal)
     assert log.holding(wrong) == []
 
 
-async def test_a_refused_access_token_is_an_error_without_the_token(
-    synapse: Synapse, redis: aioredis.Redis, tmp_path: Path
+@pytest.mark.parametrize("device_id", ["", "STOCKADEDEVICE"], ids=["no-device", "device"])
+async def test_a_refused_access_token_stops_the_channel_at_start_without_showing_it(
+    synapse: Synapse, redis: aioredis.Redis, tmp_path: Path, device_id: str
 ) -> None:
     bot = f"bot-{secrets.token_hex(4)}"
     synapse.register(bot, PASSWORD)
@@ -184,28 +186,24 @@ async def test_a_refused_access_token_is_an_error_without_the_token(
         homeserver=synapse.url,
         user_id=synapse.user_id(bot),
         access_token=SecretStr(wrong),
+        device_id=device_id,
     )
     with debug_log() as log:
         channel = build(settings, make_context(redis, tmp_path))
         with pytest.raises(PlatformError) as raised:
             await channel.send(Outbound("matrix", "!room:localhost", "hi", outbound_id="o"))
-        await refused_while_receiving(channel, log)
-    assert "M_UNKNOWN_TOKEN" in str(raised.value)
-    assert wrong not in str(raised.value) and wrong not in repr(raised.value)
+        error = await refused_at_start(channel, redis)
+    for refusal in (raised.value, error):
+        assert "M_UNKNOWN_TOKEN" in str(refusal) and str(refusal).startswith("matrix: ")
+        assert wrong not in str(refusal) and wrong not in repr(refusal)
     assert log.holding(wrong) == []
 
 
-async def refused_while_receiving(channel: MatrixChannel, log: DebugLog) -> None:
-    """The receive loop meets the refusal, logs it and retries; stopped after the first."""
-
-    async def never(inbound: Inbound) -> Admission:
-        raise AssertionError("nothing is published with a refused credential")
-
-    task = asyncio.create_task(channel.receive(never))
-    try:
+async def refused_at_start(channel: MatrixChannel, redis: aioredis.Redis) -> PlatformError:
+    """The channel's start meets the refusal and stops the channel with it, at once."""
+    with pytest.raises(ExceptionGroup) as caught:  # the channel's task group
         async with asyncio.timeout(10):
-            while not log.of("stockade.channels.matrix", logging.WARNING):
-                await asyncio.sleep(0.01)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+            await run_channel(channel, Bus(redis, BusSettings(block_ms=50)), "matrix-test")
+    [error] = caught.value.exceptions
+    assert isinstance(error, PlatformError) and not error.retryable
+    return error

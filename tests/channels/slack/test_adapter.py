@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -360,6 +361,46 @@ async def test_a_wrong_bot_token_is_a_refusal_naming_no_token(redis: aioredis.Re
             await channel.send(outbound)
     assert "invalid_auth" in str(raised.value)
     assert "xoxb" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("token", "http"),
+    [("bot_token", False), ("app_token", False), ("bot_token", True)],
+    ids=["bot-token-socket", "app-token-socket", "bot-token-http"],
+)
+async def test_a_refused_token_stops_the_channel_at_start_without_showing_it(
+    redis: aioredis.Redis, token: str, http: bool
+) -> None:
+    async with (
+        running_fake_slack() as fake,
+        WebhookServer("127.0.0.1", 0, WebhookLimits()) as webhooks,
+    ):
+        settings = settings_for(fake, http=http).model_copy(
+            update={token: SecretStr("xoxq-refused-token")}
+        )
+        channel = build(settings, make_context(redis, webhooks if http else None))
+        with pytest.raises(ExceptionGroup) as caught:  # the channel's task group
+            async with asyncio.timeout(10):
+                await run_channel(channel, Bus(redis, BusSettings(block_ms=50)), "slack-test")
+    [error] = caught.value.exceptions
+    assert isinstance(error, PlatformError) and not error.retryable
+    which = "bot token" if token == "bot_token" else "app token"
+    assert str(error).startswith("slack: ") and f"{which} (invalid_auth)" in str(error)
+    assert "refused-token" not in str(error) and not fake.tickets
+
+
+async def test_slack_down_at_start_is_waited_out(
+    redis: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="stockade.channels.slack"):
+        async with open_harness(make_context(redis, None)) as harness:
+            harness.fake.outage_calls = 2
+            async with running(harness, redis) as bus:
+                await harness.deliver(Event("still there?"))
+                (inbound,) = await inbounds(bus, 1)
+    assert inbound.text == "still there?" and harness.fake.outage_calls == 0
+    assert caplog.text.count("retrying auth.test until it works") == 1
+    assert "auth.test works again" in caplog.text
 
 
 # -- HTTP mode ------------------------------------------------------------------------

@@ -174,8 +174,9 @@ async def test_a_refused_bot_token_is_a_platform_error_without_the_token(
     assert log.holding(wrong) == []
 
 
-async def test_a_refused_app_token_is_logged_without_the_token(redis: aioredis.Redis) -> None:
-    # The SDK does not give up on a refused app token: it logs the refusal and retries.
+async def test_a_refused_app_token_ends_the_start_and_no_log_line_holds_it(
+    redis: aioredis.Redis,
+) -> None:
     wrong = canary("xapp-")
     with debug_log() as log:
         async with running_fake_slack() as fake:
@@ -183,14 +184,11 @@ async def test_a_refused_app_token_is_logged_without_the_token(redis: aioredis.R
                 update={"app_token": SecretStr(wrong)}
             )
             channel = build(settings, make_context(redis, None))
-            task = asyncio.create_task(channel.receive(_never_called))
-            try:
+            with pytest.raises(PlatformError) as raised:
                 async with asyncio.timeout(10):
-                    while not [line for line in log.lines if "invalid_auth" in line.text]:
-                        await asyncio.sleep(0.01)
-            finally:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+                    await channel.receive(_never_called)
+    assert not raised.value.retryable and "invalid_auth" in str(raised.value)
+    assert wrong not in str(raised.value) and wrong not in repr(raised.value)
     assert log.holding(wrong) == []
 
 

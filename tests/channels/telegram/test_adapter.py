@@ -332,7 +332,8 @@ async def test_telegram_down_at_start_is_waited_out(
             fake.add_update(fake.message(text="still there?"))
             (envelope,) = await inbound(redis)
     assert envelope.text == "still there?"
-    assert "getMe failed" in caplog.text and "getMe works again" in caplog.text
+    assert "retrying getMe until it works" in caplog.text
+    assert "telegram: getMe works again" in caplog.text
 
 
 async def test_typing_is_shown_in_the_chat_and_topic(
