@@ -18,13 +18,17 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final
 
+import redis.asyncio as aioredis
 from nio import AsyncClient, AsyncClientConfig, RoomCreateResponse, SyncResponse, UploadResponse
 from pydantic import SecretStr
 
+from channels._shared.media import MediaPolicy
+from channels._shared.runner import run_channel
 from channels.base import ChannelContext
 from channels.matrix import convert
 from channels.matrix.adapter import MatrixChannel, build
-from gateway.settings import MatrixSettings
+from gateway.bus import Blobs, Bus, Deliveries
+from gateway.settings import BusSettings, MatrixSettings
 from tests.channels.contract import Event, Sent
 from tests.synapse import Synapse, shared_synapse
 
@@ -230,6 +234,37 @@ class MatrixHarness:
 
     def refused_sends(self) -> int:
         return 0
+
+
+def make_context(redis: aioredis.Redis, state_dir: Path) -> ChannelContext:
+    return ChannelContext(
+        blobs=Blobs(redis),
+        media=MediaPolicy(),
+        deliveries=Deliveries(redis),
+        webhooks=None,
+        state_dir=state_dir,
+    )
+
+
+@asynccontextmanager
+async def person(synapse: Synapse, user: str) -> AsyncIterator[Person]:
+    someone = Person(synapse, user)
+    await someone.start()
+    try:
+        yield someone
+    finally:
+        await someone.stop()
+
+
+@asynccontextmanager
+async def on_bus(channel: MatrixChannel, redis: aioredis.Redis) -> AsyncIterator[Bus]:
+    bus = Bus(redis, BusSettings(block_ms=50))
+    task = asyncio.create_task(run_channel(channel, bus, "matrix-test"))
+    try:
+        yield bus
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 @asynccontextmanager

@@ -11,46 +11,19 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from channels._shared.media import MediaPolicy
-from channels._shared.runner import run_channel
-from channels.base import Admission, ChannelContext
+from channels.base import Admission
 from channels.matrix.adapter import MatrixChannel, build
-from gateway.bus import IN_STREAM, Blobs, Bus, Deliveries, out_stream
+from gateway.bus import IN_STREAM, out_stream
 from gateway.envelope import Inbound, decode_inbound, reply
-from gateway.settings import BusSettings
-from tests.channels.matrix.harness import PASSWORD, Person, settings_for, until
+from tests.channels.matrix.harness import (
+    PASSWORD,
+    make_context,
+    on_bus,
+    person,
+    settings_for,
+    until,
+)
 from tests.synapse import Synapse
-
-
-def make_context(redis: aioredis.Redis, state_dir: Path) -> ChannelContext:
-    return ChannelContext(
-        blobs=Blobs(redis),
-        media=MediaPolicy(),
-        deliveries=Deliveries(redis),
-        webhooks=None,
-        state_dir=state_dir,
-    )
-
-
-@asynccontextmanager
-async def person(synapse: Synapse, user: str) -> AsyncIterator[Person]:
-    someone = Person(synapse, user)
-    await someone.start()
-    try:
-        yield someone
-    finally:
-        await someone.stop()
-
-
-@asynccontextmanager
-async def on_bus(channel: MatrixChannel, redis: aioredis.Redis) -> AsyncIterator[Bus]:
-    bus = Bus(redis, BusSettings(block_ms=50))
-    task = asyncio.create_task(run_channel(channel, bus, "matrix-test"))
-    try:
-        yield bus
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 @asynccontextmanager

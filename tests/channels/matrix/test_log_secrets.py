@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Final
 
@@ -19,52 +17,26 @@ import pytest
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
-from channels._shared.media import MediaPolicy
 from channels._shared.runner import run_channel
-from channels.base import ChannelContext
 from channels.matrix.adapter import MatrixChannel, build
-from gateway.bus import IN_STREAM, Blobs, Bus, Deliveries, out_stream
+from gateway.bus import IN_STREAM, Bus, out_stream
 from gateway.envelope import Inbound, Outbound, decode_inbound, reply
 from gateway.errors import PlatformError
 from gateway.settings import BusSettings, MatrixSettings
 from tests.channels.log_secrets import DebugLog, canary, debug_log
-from tests.channels.matrix.harness import FILE_BYTES, PASSWORD, Person, until
+from tests.channels.matrix.harness import (
+    FILE_BYTES,
+    PASSWORD,
+    make_context,
+    on_bus,
+    person,
+    until,
+)
 from tests.synapse import Synapse
 
 TOKEN_PREFIX: Final = "syt_"
 """Synapse's access tokens start so: any of them in a log line is a leak."""
 NIO: Final = ("nio.responses", "nio.crypto.log", "nio.rooms")
-
-
-def make_context(redis: aioredis.Redis, state_dir: Path) -> ChannelContext:
-    return ChannelContext(
-        blobs=Blobs(redis),
-        media=MediaPolicy(),
-        deliveries=Deliveries(redis),
-        webhooks=None,
-        state_dir=state_dir,
-    )
-
-
-@asynccontextmanager
-async def person(synapse: Synapse, user: str) -> AsyncIterator[Person]:
-    someone = Person(synapse, user)
-    await someone.start()
-    try:
-        yield someone
-    finally:
-        await someone.stop()
-
-
-@asynccontextmanager
-async def on_bus(channel: MatrixChannel, redis: aioredis.Redis) -> AsyncIterator[Bus]:
-    bus = Bus(redis, BusSettings(block_ms=50))
-    task = asyncio.create_task(run_channel(channel, bus, "matrix-test"))
-    try:
-        yield bus
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def entries(redis: aioredis.Redis, count: int) -> list[Inbound]:
