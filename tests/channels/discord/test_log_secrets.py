@@ -11,23 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
 from channels._shared.media import MediaPolicy
-from channels._shared.runner import run_channel
 from channels.base import Admission, ChannelContext
-from channels.discord.adapter import DiscordChannel, build
-from gateway.bus import IN_STREAM, Blobs, Bus, Deliveries, out_stream
+from channels.discord.adapter import build
+from gateway.bus import IN_STREAM, Blobs, Deliveries, out_stream
 from gateway.envelope import Inbound, Outbound, decode_inbound, reply
 from gateway.errors import PlatformError
-from gateway.settings import BusSettings
 from tests.channels.discord.harness import GUILD_ID, settings_for
 from tests.channels.log_secrets import canary, debug_log
+from tests.channels.running import on_bus
 from tests.fakes.discord import BOT_USER, FakeDiscord, running_fake_discord, user
 
 ADA = user("1001", "ada", global_name="Ada Lovelace")
@@ -43,17 +40,6 @@ def make_context(redis: aioredis.Redis) -> ChannelContext:
         webhooks=None,
         commands=(("help", "list the commands"),),
     )
-
-
-@asynccontextmanager
-async def on_bus(channel: DiscordChannel, redis: aioredis.Redis) -> AsyncIterator[Bus]:
-    bus = Bus(redis, BusSettings(block_ms=50))
-    task = asyncio.create_task(run_channel(channel, bus, "discord-test"))
-    try:
-        yield bus
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def entries(redis: aioredis.Redis, count: int) -> list[Inbound]:

@@ -23,12 +23,11 @@ from nio import AsyncClient, AsyncClientConfig, RoomCreateResponse, SyncResponse
 from pydantic import SecretStr
 
 from channels._shared.media import MediaPolicy
-from channels._shared.runner import run_channel
 from channels.base import ChannelContext
 from channels.matrix import convert
 from channels.matrix.adapter import MatrixChannel, build
-from gateway.bus import Blobs, Bus, Deliveries
-from gateway.settings import BusSettings, MatrixSettings
+from gateway.bus import Blobs, Deliveries
+from gateway.settings import MatrixSettings
 from tests.channels.contract import Event, Sent
 from tests.synapse import Synapse, shared_synapse
 
@@ -254,17 +253,6 @@ async def person(synapse: Synapse, user: str) -> AsyncIterator[Person]:
         yield someone
     finally:
         await someone.stop()
-
-
-@asynccontextmanager
-async def on_bus(channel: MatrixChannel, redis: aioredis.Redis) -> AsyncIterator[Bus]:
-    bus = Bus(redis, BusSettings(block_ms=50))
-    task = asyncio.create_task(run_channel(channel, bus, "matrix-test"))
-    try:
-        yield bus
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 @asynccontextmanager

@@ -18,11 +18,11 @@ from gateway.envelope import Inbound, decode_inbound, reply
 from tests.channels.matrix.harness import (
     PASSWORD,
     make_context,
-    on_bus,
     person,
     settings_for,
     until,
 )
+from tests.channels.running import on_bus
 from tests.synapse import Synapse
 
 

@@ -15,7 +15,8 @@ from channels.matrix.adapter import build
 from gateway.bus import out_stream
 from gateway.envelope import reply
 from tests.channels.matrix.harness import Person, settings_for, until
-from tests.channels.matrix.test_adapter import entries, make_context, on_bus
+from tests.channels.matrix.test_adapter import entries, make_context
+from tests.channels.running import on_bus
 from tests.synapse import Synapse
 
 

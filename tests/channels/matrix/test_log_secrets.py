@@ -28,10 +28,10 @@ from tests.channels.matrix.harness import (
     FILE_BYTES,
     PASSWORD,
     make_context,
-    on_bus,
     person,
     until,
 )
+from tests.channels.running import on_bus
 from tests.synapse import Synapse
 
 TOKEN_PREFIX: Final = "syt_"

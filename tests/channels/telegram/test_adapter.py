@@ -24,6 +24,7 @@ from gateway.envelope import Inbound, Outbound, decode_inbound, reply
 from gateway.errors import PlatformError, RateLimited, RedisUnavailable
 from gateway.settings import BusSettings, TelegramSettings
 from tests.channels.contract import Event
+from tests.channels.running import on_bus
 from tests.channels.telegram.harness import open_harness
 from tests.fakes import telegram as tg
 from tests.fakes.telegram import FakeTelegram, running_telegram
@@ -95,17 +96,6 @@ async def inbound(redis: aioredis.Redis, count: int = 1, timeout_s: float = 5.0)
 
 
 @asynccontextmanager
-async def running(channel: TelegramChannel, redis: aioredis.Redis) -> AsyncIterator[Bus]:
-    bus = Bus(redis, BUS)
-    task = asyncio.create_task(run_channel(channel, bus, "telegram-test"))
-    try:
-        yield bus
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-
-@asynccontextmanager
 async def receiving(
     channel: TelegramChannel, publish: Callable[[Inbound], Awaitable[Admission]]
 ) -> AsyncIterator[None]:
@@ -121,7 +111,7 @@ async def test_a_message_becomes_an_envelope_and_the_reply_goes_out_as_html(
     fake: FakeTelegram, redis: aioredis.Redis
 ) -> None:
     channel = build(polling(fake), make_context(redis))
-    async with running(channel, redis) as bus:
+    async with on_bus(channel, redis) as bus:
         message = fake.message("hello **there**")
         fake.add_update(message)
         (envelope,) = await inbound(redis)
@@ -184,7 +174,7 @@ async def test_another_bots_message_arrives_marked_from_bot_and_the_bots_own_doe
 ) -> None:
     channel = build(polling(fake), make_context(redis))
     other = tg.user(9, "Other", "", "otherbot", is_bot=True)
-    async with running(channel, redis):
+    async with on_bus(channel, redis):
         fake.add_update(fake.group_message("my own answer", sender=tg.bot_user()))
         fake.add_update(fake.group_message("beep", sender=other))
         fake.add_update(fake.group_message("hello"))
@@ -246,7 +236,7 @@ async def test_a_redelivered_update_is_published_once(
     fake: FakeTelegram, redis: aioredis.Redis
 ) -> None:
     channel = build(polling(fake), make_context(redis))
-    async with running(channel, redis):
+    async with on_bus(channel, redis):
         update_id = fake.add_update(fake.message("once"))
         await inbound(redis)
         confirmed = fake.offsets.count(update_id + 1)
@@ -328,7 +318,7 @@ async def test_telegram_down_at_start_is_waited_out(
     fake.outage_calls = 2
     channel = build(polling(fake), make_context(redis))
     with caplog.at_level(logging.INFO, logger="stockade.channels.telegram"):
-        async with running(channel, redis):
+        async with on_bus(channel, redis):
             fake.add_update(fake.message(text="still there?"))
             (envelope,) = await inbound(redis)
     assert envelope.text == "still there?"
@@ -351,7 +341,7 @@ async def test_a_photo_arrives_as_an_attachment_whose_bytes_are_in_the_blob_stor
     data = b"\x89PNG fake image bytes"
     fake.add_file("ph-1", data, "photos/file_1.png", "image/png")
     channel = build(polling(fake), make_context(redis))
-    async with running(channel, redis):
+    async with on_bus(channel, redis):
         fake.add_update(fake.message(caption="look", photo=tg.photo("ph-1", len(data))))
         (envelope,) = await inbound(redis)
     assert envelope.text == "look"
@@ -372,7 +362,7 @@ async def test_a_file_announced_too_large_becomes_a_note_and_is_not_fetched(
     fake.add_file("big-1", b"x" * 10, "documents/big.bin")
     policy = MediaPolicy(max_bytes=1000)
     channel = build(polling(fake), make_context(redis, media=policy))
-    async with running(channel, redis):
+    async with on_bus(channel, redis):
         big = tg.document("big-1", "huge.pdf", "application/pdf", 5_000_000)
         fake.add_update(fake.message(caption="see attached", document=big))
         (envelope,) = await inbound(redis)
@@ -388,7 +378,7 @@ async def webhook_channel(
     async with WebhookServer("127.0.0.1", 0, WebhookLimits()) as webhooks:
         settings = polling(fake, mode="webhook", secret_token=SecretStr(SECRET))
         channel = build(settings, make_context(redis, webhooks))
-        async with running(channel, redis) as bus:
+        async with on_bus(channel, redis) as bus:
             await fake.webhook_set()
             yield webhooks, bus
 
@@ -447,7 +437,7 @@ async def test_the_contract_harness_delivers_files_and_groups_in_both_modes(
             )
         harness = await stack.enter_async_context(open_harness(make_context(redis, webhooks)))
         assert ("signatures" in harness.features) == webhook
-        await stack.enter_async_context(running(harness.channel, redis))
+        await stack.enter_async_context(on_bus(harness.channel, redis))
         first = await harness.deliver(Event("in a group", group_title="Engines"))
         second = await harness.deliver(Event("with a file", file_name="notes.txt"))
         await harness.redeliver(first)
@@ -467,7 +457,7 @@ async def test_no_log_line_holds_the_token(
     caplog.set_level(logging.DEBUG)
     fake.add_file("d-1", b"text", "documents/d-1.txt", "text/plain")
     channel = build(polling(fake), make_context(redis))
-    async with running(channel, redis) as bus:
+    async with on_bus(channel, redis) as bus:
         msg = fake.message(caption="file", document=tg.document("d-1", "a.txt", size=4))
         fake.add_update(msg)
         (envelope,) = await inbound(redis)
