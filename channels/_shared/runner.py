@@ -52,15 +52,9 @@ class _Typing:
                 task.cancel()
 
     async def follow(self, cues: AsyncIterator[TypingCue]) -> None:
-        """Start indicators as cues come; a lost Redis only pauses them."""
-        while True:
-            try:
-                async for cue in cues:
-                    self.start(cue)
-                return
-            except RedisUnavailable:
-                log.debug("typing cues paused: Redis is unavailable")
-                await asyncio.sleep(1.0)
+        """Start indicators as cues come (a lost Redis only pauses `typing_cues`)."""
+        async for cue in cues:
+            self.start(cue)
 
     async def aclose(self) -> None:
         tasks = list(self._tasks.values())

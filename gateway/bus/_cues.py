@@ -6,18 +6,24 @@ listens for) is the right tool here, and the bus streams are not.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Final
 
 import redis.asyncio as aioredis
 
 from gateway._aio import raise_if_cancelling
 from gateway.bus._keys import PREFIX
 from gateway.bus._streams import _redis_errors
+from gateway.errors import RedisUnavailable
 
 log = logging.getLogger("stockade.bus")
+
+_RESUBSCRIBE_S: Final = 1.0
+"""How often a follower whose Redis went away tries to subscribe again."""
 
 
 def typing_channel(channel: str) -> str:
@@ -58,7 +64,20 @@ def _cue(channel: str, data: bytes | str) -> TypingCue | None:
 
 
 async def typing_cues(client: aioredis.Redis, channel: str) -> AsyncIterator[TypingCue]:
-    """Cues for `channel` until cancelled; malformed ones are skipped."""
+    """Cues for `channel` until cancelled; malformed ones are skipped.
+
+    A lost Redis pauses them: the subscription is made again once it answers (cues
+    sent meanwhile are lost, as Pub/Sub loses them; each costs only an indicator)."""
+    while True:
+        try:
+            async for cue in _subscribed(client, channel):
+                yield cue
+        except RedisUnavailable:
+            log.debug("typing cues of %s paused: Redis is unavailable", channel)
+            await asyncio.sleep(_RESUBSCRIBE_S)
+
+
+async def _subscribed(client: aioredis.Redis, channel: str) -> AsyncIterator[TypingCue]:
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     try:
         with _redis_errors:

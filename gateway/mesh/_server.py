@@ -26,7 +26,6 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import ResponseError
 
-from gateway._aio import raise_if_cancelling
 from gateway.bus import Blobs, Bus, Delivery, agent_stream, out_stream
 from gateway.envelope import Inbound, reply
 from gateway.errors import RedisUnavailable, StaleDelivery
@@ -217,7 +216,6 @@ class Door:
         loop = asyncio.get_running_loop()
         async with self._next_lock:
             while not gone(request):
-                raise_if_cancelling()
                 if await self._calls.paused(self.user_id):
                     # Paused: nothing is handed out; the poll waits as if nothing came.
                     remaining = deadline - loop.time()

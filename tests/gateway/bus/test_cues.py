@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from gateway.bus import TypingCue, typing_cues
+from gateway.bus import TypingCue, announce_typing, typing_cues
+from gateway.errors import RedisUnavailable
 from tests.services import RedisProcess
 
 DELAYS_S = (0, 0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.05)
@@ -32,3 +36,35 @@ async def test_following_stops_when_cancelled_at_any_point_of_its_start(
         done, _ = await asyncio.wait([task], timeout=3)
         await client.aclose()
         assert done, f"still following {delay_s * 1000:g} ms in, 3 s after its cancellation"
+
+
+async def test_following_goes_on_after_redis_restarts() -> None:
+    with tempfile.TemporaryDirectory(prefix="stk-c-", dir="/tmp") as tmp:
+        server = RedisProcess(Path(tmp))
+        server.start()
+        client = aioredis.Redis.from_url(server.url)
+        seen: list[str] = []
+
+        async def follow() -> None:
+            async for cue in typing_cues(client, "telegram"):
+                seen.append(cue.reply_to)
+
+        async def cue_until_seen(reply_to: str) -> None:
+            async with asyncio.timeout(20):
+                while reply_to not in seen:
+                    with contextlib.suppress(RedisUnavailable):  # the server still starts
+                        await announce_typing(client, TypingCue("telegram", "c1", "", reply_to))
+                    await asyncio.sleep(0.1)
+
+        task = asyncio.create_task(follow())
+        try:
+            await cue_until_seen("before")
+            server.stop()
+            await asyncio.sleep(1.5)  # the follower meets the outage
+            server.start()
+            await cue_until_seen("after")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await client.aclose()
+            server.stop()
