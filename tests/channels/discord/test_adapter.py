@@ -23,9 +23,9 @@ from channels.discord import convert
 from channels.discord.adapter import build
 from gateway.bus import IN_STREAM, Blobs, Bus, Deliveries, out_stream
 from gateway.envelope import Inbound, decode_inbound, reply
-from gateway.errors import PlatformError
 from gateway.settings import BusSettings
 from tests.channels.discord.harness import GUILD_ID, settings_for
+from tests.channels.running import refused_at_start
 from tests.fakes.discord import BOT_USER, FakeDiscord, running_fake_discord, user
 from tests.services import RedisProcess
 
@@ -252,11 +252,7 @@ async def test_a_refused_token_stops_the_channel_at_start_without_showing_it(
     async with running_fake_discord() as fake:
         settings = settings_for(fake).model_copy(update={"token": SecretStr("refused-token")})
         channel = build(settings, make_context(redis))
-        with pytest.raises(ExceptionGroup) as caught:  # the channel's task group
-            async with asyncio.timeout(10):
-                await run_channel(channel, Bus(redis, BusSettings(block_ms=50)), "discord-test")
-    [error] = caught.value.exceptions
-    assert isinstance(error, PlatformError) and not error.retryable
+        error = await refused_at_start(channel, redis)
     assert "discord" in str(error) and "token was refused" in str(error)
     assert "refused-token" not in str(error) and not fake.identifies
 

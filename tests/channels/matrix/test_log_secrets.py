@@ -7,7 +7,6 @@ one logger the adapter holds at INFO; its other loggers keep their debug output.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 from pathlib import Path
@@ -17,12 +16,11 @@ import pytest
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
-from channels._shared.runner import run_channel
-from channels.matrix.adapter import MatrixChannel, build
-from gateway.bus import IN_STREAM, Bus, out_stream
+from channels.matrix.adapter import build
+from gateway.bus import IN_STREAM, out_stream
 from gateway.envelope import Inbound, Outbound, decode_inbound, reply
 from gateway.errors import PlatformError
-from gateway.settings import BusSettings, MatrixSettings
+from gateway.settings import MatrixSettings
 from tests.channels.log_secrets import DebugLog, canary, debug_log
 from tests.channels.matrix.harness import (
     FILE_BYTES,
@@ -31,7 +29,7 @@ from tests.channels.matrix.harness import (
     person,
     until,
 )
-from tests.channels.running import on_bus
+from tests.channels.running import on_bus, refused_at_start
 from tests.synapse import Synapse
 
 TOKEN_PREFIX: Final = "syt_"
@@ -169,13 +167,3 @@ async def test_a_refused_access_token_stops_the_channel_at_start_without_showing
         assert "M_UNKNOWN_TOKEN" in str(refusal) and str(refusal).startswith("matrix: ")
         assert wrong not in str(refusal) and wrong not in repr(refusal)
     assert log.holding(wrong) == []
-
-
-async def refused_at_start(channel: MatrixChannel, redis: aioredis.Redis) -> PlatformError:
-    """The channel's start meets the refusal and stops the channel with it, at once."""
-    with pytest.raises(ExceptionGroup) as caught:  # the channel's task group
-        async with asyncio.timeout(10):
-            await run_channel(channel, Bus(redis, BusSettings(block_ms=50)), "matrix-test")
-    [error] = caught.value.exceptions
-    assert isinstance(error, PlatformError) and not error.retryable
-    return error

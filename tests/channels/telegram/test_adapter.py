@@ -14,7 +14,6 @@ import pytest
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
-from channels._shared import run_channel
 from channels._shared.media import MediaPolicy
 from channels._shared.webhooks import WebhookLimits, WebhookServer
 from channels.base import Admission, ChannelContext
@@ -24,7 +23,7 @@ from gateway.envelope import Inbound, Outbound, decode_inbound, reply
 from gateway.errors import PlatformError, RateLimited, RedisUnavailable
 from gateway.settings import BusSettings, TelegramSettings
 from tests.channels.contract import Event
-from tests.channels.running import on_bus
+from tests.channels.running import on_bus, refused_at_start
 from tests.channels.telegram.harness import open_harness
 from tests.fakes import telegram as tg
 from tests.fakes.telegram import FakeTelegram, running_telegram
@@ -303,11 +302,7 @@ async def test_a_rejected_token_stops_the_channel_at_start_without_showing_it(
     fake: FakeTelegram, redis: aioredis.Redis
 ) -> None:
     channel = build(polling(fake, token=SecretStr("999:rejected-token")), make_context(redis))
-    with pytest.raises(ExceptionGroup) as caught:  # the channel's task group
-        async with asyncio.timeout(10):
-            await run_channel(channel, Bus(redis, BUS), "telegram-test")
-    [error] = caught.value.exceptions
-    assert isinstance(error, PlatformError) and not error.retryable
+    error = await refused_at_start(channel, redis)
     assert "rejected by the server" in str(error)
     assert "rejected-token" not in str(error)
 
