@@ -26,7 +26,13 @@ from gateway._aio import raise_if_cancelling
 from gateway.bus import WAKE_STREAM, Bus, Delivery, agent_stream, by_sender
 from gateway.controls import PAUSED_ALL_KEY, PAUSED_KEY, Control
 from gateway.envelope import Inbound
-from gateway.errors import EnvelopeError, StockadeError
+from gateway.errors import (
+    DependencyError,
+    DockerUnavailable,
+    EnvelopeError,
+    RedisUnavailable,
+    StockadeError,
+)
 from gateway.mesh import AGENT_GROUP
 from gateway.settings import SupervisorSettings
 from gateway.supervisor import _control, _spec
@@ -72,6 +78,8 @@ class Supervisor:
         self._restarts: dict[str, tuple[int, float]] = {}
         self._spec_hashes: dict[str, str] = {}
         """Each user's current spec hash; settings and image are fixed for a supervisor."""
+        self._start_failures: dict[str, str] = {}
+        """By user: why their agent last failed to start, until it starts."""
         self._status = StatusWriter(client, runtime, settings, clock)
         self._controls = Controls(client, bus, runtime, mesh, self._fleet, self._stop)
 
@@ -131,6 +139,24 @@ class Supervisor:
         log.info("started the agent of %s", user_id)
         return started
 
+    async def _start_or_wait(self, user_id: str) -> AgentContainer | None:
+        """`_start`, or None when this user's agent cannot start now (its workspace, its
+        container refused): logged, and its messages wait, while the pass goes on to
+        the other users. An engine or a Redis that does not answer still ends the pass."""
+        try:
+            started = await self._start(user_id)
+        except (DockerUnavailable, RedisUnavailable):
+            raise
+        except DependencyError as exc:
+            # Each pass tries again: the same reason is logged once, not every second.
+            if self._start_failures.get(user_id) != str(exc):
+                log.warning("the agent of %s cannot start; its messages wait: %s", user_id, exc)
+            self._start_failures[user_id] = str(exc)
+            return None
+        if self._start_failures.pop(user_id, None) is not None:
+            log.info("the agent of %s starts again", user_id)
+        return started
+
     async def _between_turns(self, user_id: str) -> bool:
         """No message waiting and none handed out unanswered: a replacement loses nothing."""
         stream = agent_stream(user_id)
@@ -154,8 +180,8 @@ class Supervisor:
             "replacing the agent of %s: its container predates the current image or settings",
             user_id,
         )
-        # `start` replaces the old container; the workspace volume and the door stay.
-        await self._start(user_id)
+        # `start` replaces the old container; the workspace and the door stay.
+        await self._start_or_wait(user_id)
 
     def _may_restart(self, user_id: str, now: float) -> bool:
         count, not_before = self._restarts.get(user_id, (0, 0.0))
@@ -234,7 +260,7 @@ class Supervisor:
                 # The message it was working on goes to the new container at once (not
                 # after the bus's reclaim delay); its model calls are not made again.
                 await self._mesh.requeue_open(user_id)
-                after[user_id] = await self._start(user_id)
+                after[user_id] = await self._start_or_wait(user_id) or container
 
         up = {u for u, c in after.items() if c.running}
         running = len(up)
@@ -246,7 +272,10 @@ class Supervisor:
         for _, user_id in waiting:
             if running >= self._settings.max_running:
                 break
-            after[user_id] = await self._start(user_id)
+            started = await self._start_or_wait(user_id)
+            if started is None:
+                continue
+            after[user_id] = started
             up.add(user_id)
             running += 1
         self._fleet.running = frozenset(u for u in up if self._mesh.is_open(u))

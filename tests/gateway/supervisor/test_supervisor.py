@@ -4,11 +4,16 @@ restarted after a crash (telling the user once), stopped when idle, capped, and 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+from pathlib import Path
 from typing import Any
 
-from gateway.bus import WAKE_STREAM
-from gateway.supervisor import container_name
+import pytest
+
+from gateway.bus import WAKE_STREAM, agent_stream
+from gateway.mesh import AGENT_GROUP
+from gateway.supervisor import container_name, volume_name
 from gateway.supervisor._seccomp import security_opt
 from tests.fakes.model_server import Text
 from tests.gateway.supervisor._harness import SMALL, Stack, agent_stack, wake_all
@@ -62,6 +67,30 @@ async def test_the_same_container_serves_later_messages(stack: Stack, docker_eng
     await stack.say(user, "two")
     await wake_all(stack)
     assert inspect(docker_engine, user)["Id"] == first
+
+
+async def test_a_user_whose_agent_cannot_start_holds_up_nobody_else(
+    stack: Stack, docker_engine: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    stuck, other = await stack.new_user(), await stack.new_user()
+    # A Docker volume from before workspaces had a size, too large for SMALL's 16 MB.
+    volume = docker_engine.volumes.create(volume_name(stuck))
+    (Path(volume.attrs["Mountpoint"]) / "big").write_bytes(os.urandom(20 << 20))
+    try:
+        with caplog.at_level(logging.WARNING, logger="stockade.supervisor"):
+            await stack.say(stuck, "first in line")
+            await stack.say(other, "second")
+            for _ in range(3):  # the stuck one is tried again, and logged once
+                await wake_all(stack)
+
+            [answered] = await stack.wait_for_replies(1)
+        assert answered.user_id == other
+        assert not docker_engine.containers.list(all=True, filters={"name": container_name(stuck)})
+        assert await stack.bus.lag(agent_stream(stuck), AGENT_GROUP) == 1  # it waits
+        failures = [r for r in caplog.records if "cannot start" in r.getMessage()]
+        assert len(failures) == 1 and stuck in failures[0].getMessage()
+    finally:
+        docker_engine.volumes.get(volume_name(stuck)).remove(force=True)
 
 
 async def test_a_crashed_agent_is_restarted_and_the_user_told_once(
